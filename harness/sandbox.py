@@ -1,0 +1,290 @@
+"""Run model-written code in a separate, limited, throwaway process.
+
+A pool of warm workers (``sandbox_worker.py``) is started ahead of need: each has
+already paid for interpreter start-up and its isolation (network, IPC, mount and PID
+namespaces where the OS allows), and runs exactly one job before it is discarded, so
+no state leaks between runs. Per job: wall time enforced here, CPU time, address
+space, file size and (with a per-slot uid when we are root) process count limited by
+rlimits; the code runs in its workspace as an unprivileged uid on a read-only
+filesystem where permitted. Afterwards everything the job started is killed: the PID
+namespace's init dies (the kernel kills the rest), plus the process group, plus, with
+no PID namespace, every process of the slot's uid.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_WORKER = str(Path(__file__).with_name("sandbox_worker.py"))
+_UID_BASE = 61000  # one unprivileged uid per pool slot, so RLIMIT_NPROC and kill-by-uid are per slot
+
+
+@dataclass(frozen=True)
+class Limits:
+    wall_s: float = 10.0
+    cpu_s: float = 10.0
+    mem_bytes: int = 1 << 30
+    fsize_bytes: int = 16 << 20
+    nproc: int = 32
+    output_bytes: int = 64 << 10
+
+
+@dataclass
+class RunResult:
+    ok: bool
+    status: str  # ok | error | timeout | crashed
+    output: str = ""
+    error: str | None = None
+    wall_s: float = 0.0
+    isolation: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "status": self.status, "error": self.error, "wall_s": round(self.wall_s, 4)}
+
+
+class _Worker:
+    def __init__(self, slot: int, root: bool):
+        self.slot = slot
+        self.uid = _UID_BASE + slot if root else None
+        r, w = os.pipe()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", "-u", _WORKER, str(w)], pass_fds=(w,), stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"})
+        os.close(w)
+        self.result_fd = r
+        self.hello: dict | None = None
+        self._buf = b""
+
+    def messages(self, data: bytes) -> list[dict]:
+        self._buf += data
+        *lines, self._buf = self._buf.split(b"\n")
+        out = []
+        for line in lines:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+    def wait_ready(self, timeout: float = 30.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while self.hello is None:
+            left = deadline - time.monotonic()
+            sel = selectors.DefaultSelector()
+            sel.register(self.result_fd, selectors.EVENT_READ)
+            if left <= 0 or not sel.select(left):
+                raise RuntimeError("sandbox worker did not start")
+            data = os.read(self.result_fd, 65536)
+            if not data:
+                raise RuntimeError(f"sandbox worker died: {self.proc.stdout.read().decode(errors='replace')[-500:]}")
+            for msg in self.messages(data):
+                if msg.get("ready"):
+                    self.hello = msg
+        return self.hello
+
+    def destroy(self, child: int | None) -> None:
+        if child:
+            _kill(child)  # init of the PID namespace: its death takes every process in it
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if self.uid is not None and "pid_namespace" not in (self.hello or {}).get("isolation", []):
+            _kill_uid(self.uid)
+        self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            f.close()
+        os.close(self.result_fd)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _kill_uid(uid: int) -> None:
+    """Kill every process of ``uid`` until none is left (catches setsid and double-fork escapes)."""
+    for _ in range(20):
+        found = False
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if os.stat(f"/proc/{entry}").st_uid == uid:
+                        found = True
+                        _kill(int(entry))
+                except FileNotFoundError:
+                    pass
+        if not found:
+            return
+        time.sleep(0.01)
+
+
+class Sandbox:
+    """A pool of ``size`` warm workers; ``run`` is thread-safe and ``arun`` is its async form."""
+
+    def __init__(self, size: int = 2, limits: Limits = Limits()):
+        self.size = max(1, size)
+        self.limits = limits
+        self.root = os.geteuid() == 0
+        self._idle: list[_Worker] = []
+        self._free_slots = list(range(self.size))
+        self._cv = threading.Condition()
+        self._closed = False
+        for _ in range(self.size):
+            self._spawn_async()
+        self.isolation = self._peek_isolation()
+
+    def _peek_isolation(self) -> list[str]:
+        w = self._take()
+        try:
+            applied = list(w.wait_ready()["isolation"])
+        finally:
+            with self._cv:
+                self._idle.append(w)
+                self._cv.notify_all()
+        applied.append("rlimits(cpu,as,fsize,nofile)")
+        if self.root:
+            applied += ["unprivileged_uid", "rlimit_nproc"]
+        return applied
+
+    def _spawn_async(self) -> None:
+        with self._cv:
+            slot = self._free_slots.pop()
+
+        def start():
+            try:
+                w = _Worker(slot, self.root)
+            except BaseException:
+                with self._cv:
+                    self._free_slots.append(slot)
+                    self._cv.notify_all()
+                raise
+            with self._cv:
+                if self._closed:
+                    w.destroy(None)
+                    return
+                self._idle.append(w)
+                self._cv.notify_all()
+        threading.Thread(target=start, daemon=True).start()
+
+    def _take(self) -> _Worker:
+        with self._cv:
+            while not self._idle:
+                if self._closed:
+                    raise RuntimeError("sandbox is closed")
+                self._cv.wait()
+            return self._idle.pop()
+
+    def _release(self, w: _Worker, child: int | None) -> None:
+        w.destroy(child)
+        with self._cv:
+            self._free_slots.append(w.slot)
+            closed = self._closed
+        if not closed:
+            self._spawn_async()
+
+    def run(self, code: str, *, cwd: str | os.PathLike | None = None, repl: bool = False,
+            limits: Limits | None = None) -> RunResult:
+        """Run ``code`` as ``__main__`` in ``cwd`` (a fresh temporary directory when None).
+
+        ``repl`` echoes the value of a trailing expression, like an interactive prompt.
+        ``ok`` means the code ran to its end without an exception or early exit.
+        """
+        lim = limits or self.limits
+        tmp = None if cwd is not None else tempfile.mkdtemp(prefix="edgemeter-sbx-")
+        workdir = os.path.realpath(cwd if cwd is not None else tmp)
+        t0 = time.perf_counter()
+        w = self._take()
+        child = None
+        try:
+            hello = w.wait_ready()
+            job = {"code": code, "cwd": workdir, "repl": repl, "cpu_s": lim.cpu_s, "mem_bytes": lim.mem_bytes,
+                   "fsize_bytes": lim.fsize_bytes, "nproc": lim.nproc if w.uid is not None else 0, "uid": w.uid}
+            w.proc.stdin.write((json.dumps(job) + "\n").encode())
+            w.proc.stdin.flush()
+            output, result, exit_code, child, timed_out = self._collect(w, t0 + lim.wall_s, lim.output_bytes)
+        finally:
+            self._release(w, child)
+            if tmp:
+                shutil.rmtree(tmp, ignore_errors=True)
+        wall = time.perf_counter() - t0
+        text = output.decode("utf-8", errors="replace")
+        if timed_out:
+            return RunResult(False, "timeout", text, f"wall time limit {lim.wall_s:g} s exceeded", wall, hello["isolation"])
+        if result is None:
+            why = f"killed by signal {-exit_code}" if exit_code is not None and exit_code < 0 else f"exit {exit_code}"
+            if exit_code == -signal.SIGXCPU or exit_code == -signal.SIGKILL:
+                why += " (CPU or memory limit)"
+            return RunResult(False, "crashed", text, why, wall, hello["isolation"])
+        return RunResult(result["ok"], "ok" if result["ok"] else "error", text, result.get("error"), wall,
+                         hello["isolation"])
+
+    @staticmethod
+    def _collect(w: _Worker, deadline: float, cap: int):
+        sel = selectors.DefaultSelector()
+        out_fd = w.proc.stdout.fileno()
+        sel.register(out_fd, selectors.EVENT_READ)
+        sel.register(w.result_fd, selectors.EVENT_READ)
+        chunks, size = [], 0
+        result = exit_code = child = None
+        done = False
+        while not done:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                return b"".join(chunks), result, exit_code, child, True
+            for key, _ in sel.select(left):
+                data = os.read(key.fd, 65536)
+                if key.fd == out_fd:
+                    if not data:
+                        sel.unregister(out_fd)
+                    elif size < cap:
+                        chunks.append(data[:cap - size])
+                        size += len(chunks[-1])
+                    continue
+                if not data:  # the worker is gone
+                    done = True
+                for msg in w.messages(data):
+                    child = msg.get("child", child)
+                    result = msg.get("result", result)
+                    if "exit" in msg:
+                        exit_code, done = msg["exit"], True
+        # the code's process has ended: take what is already in the output pipe, never wait for more
+        os.set_blocking(out_fd, False)
+        try:
+            while size < cap and (data := os.read(out_fd, 65536)):
+                chunks.append(data[:cap - size])
+                size += len(chunks[-1])
+        except (BlockingIOError, OSError):
+            pass
+        return b"".join(chunks), result, exit_code, (child if exit_code is None else None), False
+
+    async def arun(self, code: str, **kw) -> RunResult:
+        return await asyncio.to_thread(self.run, code, **kw)
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._cv.notify_all()
+        for w in idle:
+            w.destroy(None)
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
