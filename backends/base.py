@@ -84,11 +84,14 @@ class Finish:
 
 @dataclass(slots=True)
 class Usage:
-    """Exact counts. In-process engines add ``cpu_s``: CPU-seconds their worker thread
-    spent on this request (``time.thread_time`` deltas), the basis of compute energy."""
+    """Token counts, sent once at the end of every stream, by every backend (the proxy
+    relies on it to honour ``include_usage``). In-process engines add ``cpu_s``: CPU-seconds
+    the engine spent on this request, the basis of compute energy."""
     prompt_tokens: int
     completion_tokens: int
     cpu_s: float | None = None
+    #: where the counts come from: backend | tokenizer | chunks (one token per chunk) | estimate
+    source: str = "backend"
     t: float = field(default_factory=time.perf_counter)
 
 

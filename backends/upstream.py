@@ -1,0 +1,188 @@
+"""Any OpenAI-compatible HTTP server as a backend: SGLang, vLLM, llama.cpp's server, Ollama,
+mlx_lm.server, or another Edgemeter.
+
+The proxy always asks the upstream to stream (with ``include_usage``), so every request,
+streamed to the client or not, gets per-token timing. Known quirks are normalized
+into the same events: SGLang's usage on a chunk with empty ``choices``, mlx_lm.server's
+``chat.completion``-labelled usage event, llama.cpp/llama-cpp-python sending no usage.
+When the upstream sends no usage, tokens are counted with the configured ``tokenizer``
+(a GGUF model source) or, failing that, one token per content chunk.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import AsyncIterator
+
+import aiohttp
+import orjson
+
+from .base import Backend, BackendError, Event, Finish, GenRequest, TextDelta, ToolCallDelta, Usage
+
+SETTINGS = {"base_url", "model", "api_key", "connect_timeout", "read_timeout", "max_connections", "tokenizer",
+            "headers"}
+
+
+class UpstreamBackend(Backend):
+    kind = "upstream"
+
+    def __init__(self, name: str, settings: dict):
+        super().__init__(name)
+        unknown = set(settings) - SETTINGS
+        if unknown:
+            raise ValueError(f"{sorted(unknown)[0]}: unknown setting for backend upstream (known: {', '.join(sorted(SETTINGS))})")
+        base = settings.get("base_url")
+        if not isinstance(base, str) or not base.startswith(("http://", "https://")):
+            raise ValueError("base_url: required, an http(s) URL such as http://127.0.0.1:30000/v1")
+        self.base_url = base.rstrip("/")
+        self.upstream_model = str(settings.get("model", name))
+        self.headers = {str(k): str(v) for k, v in (settings.get("headers") or {}).items()}
+        if settings.get("api_key"):
+            self.headers["Authorization"] = f"Bearer {settings['api_key']}"
+        for key in ("connect_timeout", "read_timeout"):
+            v = settings.get(key, 10.0 if key == "connect_timeout" else 300.0)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+                raise ValueError(f"{key}: must be a positive number of seconds")
+        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=float(settings.get("connect_timeout", 10.0)),
+                                             sock_read=float(settings.get("read_timeout", 300.0)))
+        self.max_connections = int(settings.get("max_connections", 512))
+        self.tokenizer_source = settings.get("tokenizer")
+        self.tokenizer = None
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self.tokenizer_source:
+            from .llama import GGUFTokenizer  # only when configured: needs llama-cpp-python
+            self.tokenizer = await asyncio.to_thread(GGUFTokenizer, self.tokenizer_source)
+        # One pooled session for the backend's lifetime: keep-alive connections to the upstream.
+        self.session = aiohttp.ClientSession(
+            timeout=self.timeout, headers=self.headers,
+            connector=aiohttp.TCPConnector(limit=self.max_connections, enable_cleanup_closed=True),
+            json_serialize=lambda o: orjson.dumps(o).decode())
+        self.ready = True
+
+    async def close(self) -> None:
+        self.ready = False
+        if self.session:
+            await self.session.close()
+
+    def count_tokens(self, text: str) -> int | None:
+        return self.tokenizer.count(text) if self.tokenizer else None
+
+    async def generate(self, req: GenRequest) -> AsyncIterator[Event]:
+        body = dict(req.body)
+        body["model"] = self.upstream_model
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+        url = f"{self.base_url}/{'chat/completions' if req.kind == 'chat' else 'completions'}"
+        try:
+            async with self.session.post(url, data=orjson.dumps(body),
+                                         headers={"Content-Type": "application/json"}) as resp:
+                if resp.status >= 400:
+                    raise await _http_error(resp)
+                async for ev in self._events(resp, req):
+                    yield ev
+        except BackendError:
+            raise
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            raise BackendError(f"upstream {self.name} timed out", status=504, cause="upstream_timeout",
+                               type="timeout_error") from None
+        except aiohttp.ClientConnectorError as e:
+            raise BackendError(f"upstream {self.name} unreachable: {e.os_error.strerror or 'connection failed'}",
+                               status=502, cause="upstream_unreachable") from None
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            raise BackendError(f"upstream {self.name} closed the connection mid-response", status=502,
+                               cause="upstream_reset") from None
+
+    async def _events(self, resp: aiohttp.ClientResponse, req: GenRequest) -> AsyncIterator[Event]:
+        text_key = "content" if req.kind == "chat" else None
+        usage_seen = finished = done = False
+        pieces: list[str] = []
+        chunks = 0
+        async for line in resp.content:
+            if not line.startswith(b"data:"):
+                continue  # blank separators, comments (": ping"), event:/id: fields
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                done = True
+                break
+            try:
+                obj = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                raise BackendError(f"upstream {self.name} sent malformed SSE data", status=502,
+                                   cause="upstream_malformed") from None
+            if not isinstance(obj, dict):
+                raise BackendError(f"upstream {self.name} sent a non-object SSE event", status=502,
+                                   cause="upstream_malformed")
+            if "error" in obj:
+                err = obj["error"] if isinstance(obj["error"], dict) else {"message": str(obj["error"])}
+                raise BackendError(f"upstream {self.name} error: {err.get('message', 'unknown')}", status=502,
+                                   cause="upstream_stream_error")
+            for choice in obj.get("choices") or ():
+                if text_key:
+                    delta = choice.get("delta") or choice.get("message") or {}
+                    text = delta.get("content")
+                    for tc in delta.get("tool_calls") or ():
+                        fn = tc.get("function") or {}
+                        chunks += 1
+                        yield ToolCallDelta(index=tc.get("index", 0), id=tc.get("id"), name=fn.get("name"),
+                                            arguments=fn.get("arguments") or "")
+                else:
+                    text = choice.get("text")
+                if text:
+                    chunks += 1
+                    pieces.append(text)
+                    yield TextDelta(text)
+                if choice.get("finish_reason"):
+                    finished = True
+                    yield Finish(choice["finish_reason"])
+            usage = obj.get("usage")
+            if usage and not usage_seen:
+                usage_seen = True
+                yield Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+        if not done and not finished:
+            raise BackendError(f"upstream {self.name} ended the stream without finishing", status=502,
+                               cause="upstream_incomplete")
+        if not finished:
+            yield Finish("stop")
+        if not usage_seen:
+            yield self._count_usage(req, "".join(pieces), chunks)
+
+    def _count_usage(self, req: GenRequest, completion: str, chunks: int) -> Usage:
+        if self.tokenizer:
+            prompt = (self.tokenizer.render_chat(req.body["messages"]) if req.kind == "chat"
+                      else req.body["prompt"])
+            return Usage(self.tokenizer.count(prompt, special=True), self.tokenizer.count(completion),
+                         source="tokenizer")
+        # No tokenizer: the prompt is estimated at ~4 characters a token (OpenAI's rule of thumb).
+        return Usage(math.ceil(len(_prompt_text(req)) / 4), chunks, source="chunks")
+
+
+def _prompt_text(req: GenRequest) -> str:
+    if req.kind == "completion":
+        return req.body["prompt"]
+    parts = []
+    for m in req.body["messages"]:
+        c = m.get("content")
+        parts.append(c if isinstance(c, str) else orjson.dumps(c).decode() if c else "")
+    return "\n".join(parts)
+
+
+async def _http_error(resp: aiohttp.ClientResponse) -> BackendError:
+    """Map an upstream 4xx/5xx to an error for the client: 4xx keep their status (the request
+    was at fault), 5xx become 502 (the upstream was)."""
+    raw = await resp.read()
+    message, etype, code, param = raw[:300].decode("utf-8", "replace").strip() or resp.reason, None, None, None
+    try:
+        err = orjson.loads(raw).get("error")
+        if isinstance(err, dict):
+            message, etype, code, param = err.get("message", message), err.get("type"), err.get("code"), err.get("param")
+        elif isinstance(err, str):
+            message = err
+    except (orjson.JSONDecodeError, AttributeError):
+        pass
+    if resp.status < 500:
+        return BackendError(str(message), status=resp.status, cause=f"upstream_{resp.status}",
+                            type=etype or "invalid_request_error", code=code, param=param)
+    return BackendError(f"upstream returned {resp.status}: {message}", status=502, cause="upstream_5xx")
+

@@ -1,0 +1,403 @@
+"""The OpenAI-compatible server. Read top to bottom: app setup, then one handler per route.
+
+A request flows one way: handler (parse, check) -> router (model, mode, device link)
+-> link (request held for its upload time) -> backend (token events) -> meter (every
+token timed) -> link (each chunk released at its simulated arrival) -> client.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+
+import orjson
+from aiohttp import web
+
+import backends
+from backends import BackendError, GenRequest
+from backends.base import Finish, Scheduled, TextDelta, ToolCallDelta, Usage
+
+from . import metrics, validate
+from .config import Config
+from .device import Devices
+from .energy import ComputeEnergy
+from .errors import APIError, bad_request
+from .meter import NetTally, RequestLog, RequestMeter
+from .router import Route, Router
+
+log = logging.getLogger("edgemeter")
+CONFIG, ROUTER, LOG, ENERGY = web.AppKey("config", Config), web.AppKey("router", Router), \
+    web.AppKey("log", RequestLog), web.AppKey("energy", ComputeEnergy)
+API_PATHS = ("/v1/", "/edgemeter/")
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=[errors_and_auth])
+    app[CONFIG] = config
+    models = {}
+    for name, settings in config.models.items():
+        try:
+            models[name] = backends.create(name, settings)
+        except ValueError as e:
+            raise backends_config_error(name, e) from None
+    app[ROUTER] = Router(config, models, Devices.from_config(config))
+    app[LOG] = RequestLog(config.server.request_log)
+    app[ENERGY] = ComputeEnergy.from_config(config.energy)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_post("/edgemeter/v1/sessions/{session_id}/end", end_session)
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.on_startup.append(start_backends)
+    app.on_cleanup.append(stop_backends)
+    return app
+
+
+def backends_config_error(name: str, e: ValueError):
+    from .config import ConfigError
+    return ConfigError(f"models.{name}.{e}")
+
+
+async def start_backends(app: web.Application) -> None:
+    """Load models in the background so /healthz answers at once and /readyz says 503 until done."""
+    async def load(name, backend):
+        try:
+            await backend.start()
+            metrics.BACKEND_READY.labels(name, backend.kind).set(1)
+        except Exception as e:  # a model that fails to load stays not-ready; the others still serve
+            log.error("model %s failed to load: %s", name, e)
+    app["loading"] = [asyncio.create_task(load(n, b)) for n, b in app[ROUTER].backends.items()]
+
+
+async def stop_backends(app: web.Application) -> None:
+    for task in app["loading"]:
+        task.cancel()
+    for backend in app[ROUTER].backends.values():
+        await backend.close()
+    app[LOG].close()
+
+
+@web.middleware
+async def errors_and_auth(request: web.Request, handler):
+    """API key check and the last line of defence: every failure leaves as an OpenAI error."""
+    config = request.app[CONFIG]
+    try:
+        key = config.server.api_key
+        if key and (request.path.startswith(API_PATHS) or (request.path == "/metrics" and config.server.metrics_auth)):
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+                raise APIError(401, "Incorrect API key provided", type="authentication_error",
+                               code="invalid_api_key")
+        return await handler(request)
+    except APIError as e:
+        return e.response()
+    except web.HTTPRequestEntityTooLarge:
+        return APIError(413, f"request body exceeds {config.server.max_body_bytes} bytes",
+                        code="request_too_large").response()
+    except web.HTTPException as e:  # 404/405 from routing
+        return APIError(e.status, e.reason, code=str(e.status)).response()
+    except (ConnectionResetError, asyncio.CancelledError):
+        raise
+    except Exception:
+        log.exception("unhandled error on %s", request.path)
+        return APIError(500, "internal error in the proxy", type="server_error", code="internal_error").response()
+
+
+# --- OpenAI API ---
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await generate(request, "chat")
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await generate(request, "completion")
+
+
+async def read_json(request: web.Request) -> tuple[dict, int]:
+    if request.content_type != "application/json":
+        raise APIError(415, f"Content-Type must be application/json, got {request.content_type!r}",
+                       code="unsupported_media_type")
+    raw = await request.read()
+    try:
+        return orjson.loads(raw), len(raw)
+    except orjson.JSONDecodeError as e:
+        raise bad_request(f"request body is not valid JSON: {e}", None, "invalid_json") from None
+
+
+async def generate(request: web.Request, kind: str) -> web.StreamResponse:
+    t_received = time.perf_counter()
+    body, nbytes = await read_json(request)
+    (validate.chat if kind == "chat" else validate.completion)(body)
+    route = request.app[ROUTER].route(request.headers, body["model"])
+    meter = RequestMeter(*route.labels, route.device_id, route.session and route.session.id, t_received, nbytes)
+    stream = body.get("stream", False)
+    response = None
+    try:
+        if route.up:  # the request crosses the device link before the cloud sees it
+            await sleep_until(route.up.send("up", time.perf_counter(), nbytes, meter.net))
+        events = route.backend.generate(GenRequest(kind, route.model, body))
+        if stream:
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                                   "X-Request-Id": meter.request_id})
+            await response.prepare(request)
+            await stream_events(request, response, route, meter, events, kind, body)
+            return response
+        return await complete(request, route, meter, events, kind)
+    except (APIError, BackendError) as e:
+        err = e if isinstance(e, APIError) else APIError(e.status, e.message, type=e.type, param=e.param,
+                                                         code=e.code, cause=e.cause)
+        record = finish(request, route, meter, err.status, err.cause)
+        if response is None:
+            return err.response()
+        # Headers are gone: an SSE error event, which the openai client raises as APIError.
+        await response.write(b"data: " + orjson.dumps({**err.body(), "edgemeter": record}) + b"\n\n")
+        return response
+    except (ConnectionResetError, asyncio.CancelledError):
+        finish(request, route, meter, 499, "client_disconnected")  # nginx's code for "client closed request"
+        raise
+
+
+def finish(request: web.Request, route: Route, meter: RequestMeter, status: int, cause: str | None) -> dict:
+    if meter.t_end is not None:
+        return {}
+    if meter.cpu_s and route.mode == "local" and route.backend.in_process:
+        meter.compute_j, meter.compute_method = request.app[ENERGY].joules(meter.cpu_s, meter.t_scheduled or
+                                                                           meter.t_received, time.perf_counter())
+    record = meter.finish(status, cause)
+    if route.session:
+        route.session.add(record)
+    request.app[LOG].write(record)
+    return record
+
+
+def absorb(meter: RequestMeter, ev) -> None:
+    """Bookkeeping events the client never sees as content."""
+    if isinstance(ev, Usage):
+        meter.prompt_tokens, meter.completion_tokens, meter.usage_source = ev.prompt_tokens, ev.completion_tokens, ev.source
+        meter.cpu_s = ev.cpu_s
+    elif isinstance(ev, Scheduled):
+        meter.scheduled(ev.t)
+    elif isinstance(ev, Finish):
+        meter.finish_reason = ev.reason
+
+
+class Chunks:
+    """OpenAI chunk bytes. The fixed part of each chunk is encoded once per stream; only the
+    delta is encoded per token."""
+
+    def __init__(self, kind: str, model: str, request_id: str, include_usage: bool):
+        self.created = int(time.time())
+        self.kind = kind
+        obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+        self.head = b'data: {"id":' + orjson.dumps(request_id) + b',"object":"' + obj.encode() + \
+            b'","created":' + str(self.created).encode() + b',"model":' + orjson.dumps(model) + b',"choices":['
+        self.tail = (b',"usage":null' if include_usage else b"") + b"}\n\n"
+        self.role_sent = False
+
+    def _choice(self, delta: dict, finish: str | None = None) -> bytes:
+        if self.kind == "chat":
+            if not self.role_sent:
+                delta = {"role": "assistant", **delta}
+                self.role_sent = True
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        else:
+            choice = {"index": 0, "text": delta.get("content", ""), "logprobs": None, "finish_reason": finish}
+        return self.head + orjson.dumps(choice) + b"]" + self.tail
+
+    def text(self, text: str) -> bytes:
+        return self._choice({"content": text})
+
+    def tool_call(self, ev: ToolCallDelta) -> bytes:
+        call: dict = {"index": ev.index}
+        if ev.id:
+            call["id"], call["type"] = ev.id, "function"
+        fn = {"arguments": ev.arguments}
+        if ev.name:
+            fn = {"name": ev.name, **fn}
+        call["function"] = fn
+        return self._choice({"tool_calls": [call]})
+
+    def finish(self, reason: str) -> bytes:
+        return self._choice({}, reason)
+
+    def usage(self, meter: RequestMeter) -> bytes:
+        return self.head + b"]," + b'"usage":' + orjson.dumps(usage(meter)) + b"}\n\n"
+
+
+def usage(meter: RequestMeter) -> dict:
+    return {"prompt_tokens": meter.prompt_tokens, "completion_tokens": meter.completion_tokens,
+            "total_tokens": meter.prompt_tokens + meter.completion_tokens}
+
+
+async def sleep_until(t: float) -> None:
+    delay = t - time.perf_counter()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+async def frames(events, chunks: Chunks, meter: RequestMeter):
+    """Backend events -> (sse bytes, tokens, produced at). Bookkeeping events yield no frame.
+    Closing this generator closes the backend's, which cancels its work."""
+    try:
+        async for ev in events:
+            if isinstance(ev, TextDelta):
+                meter.produced(ev.t)
+                yield chunks.text(ev.text), ev.tokens, ev.t
+            elif isinstance(ev, ToolCallDelta):
+                meter.produced(ev.t)
+                yield chunks.tool_call(ev), 0, ev.t
+            else:
+                absorb(meter, ev)
+                if isinstance(ev, Finish):
+                    yield chunks.finish(ev.reason), 0, ev.t
+    finally:
+        await events.aclose()
+
+
+async def paced(source, route: Route, meter: RequestMeter, buffer: int):
+    """Release each frame at its simulated arrival time over the device's downlink.
+
+    Arrival times depend on when the backend produced each frame, so a pump task reads
+    the backend while earlier frames wait out their delay; the bounded queue pauses the
+    backend when a slow reader falls ``buffer`` frames behind.
+    """
+    if route.down is None:
+        async for frame in source:
+            yield frame
+        return
+    queue: asyncio.Queue = asyncio.Queue(buffer)
+
+    async def pump():
+        try:
+            async for data, tokens, t in source:
+                await queue.put((data, tokens, route.down.send("down", t, len(data), meter.net)))
+            await queue.put(None)
+        except BaseException as e:
+            await queue.put(e)
+    task = asyncio.create_task(pump())
+    try:
+        while (item := await queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            data, tokens, at = item
+            await sleep_until(at)
+            yield data, tokens, at
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await source.aclose()
+
+
+async def stream_events(request, response, route: Route, meter: RequestMeter, events, kind: str, body: dict):
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    chunks = Chunks(kind, route.model, meter.request_id, include_usage)
+    source = frames(events, chunks, meter)
+    t0 = time.perf_counter()
+    meter.backend_started(t0)
+    try:
+        async for data, tokens, _ in paced(source, route, meter, request.app[CONFIG].server.max_stream_buffer):
+            await response.write(data)
+            meter.bytes_down += len(data)
+            meter.delivered(time.perf_counter(), tokens)
+    finally:
+        await source.aclose()
+    record = finish(request, route, meter, 200, None)
+    if include_usage:
+        # The record rides on the usage chunk; it is a measurement, not simulated traffic.
+        await response.write(chunks.usage(meter)[:-3] + b',"edgemeter":' + orjson.dumps(record) + b"}\n\n")
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+
+
+async def complete(request, route: Route, meter: RequestMeter, events, kind: str) -> web.Response:
+    meter.backend_started(time.perf_counter())
+    text, calls = [], {}
+    try:
+        async for ev in events:
+            if isinstance(ev, TextDelta):
+                meter.produced(ev.t)
+                text.append(ev.text)
+            elif isinstance(ev, ToolCallDelta):
+                meter.produced(ev.t)
+                call = calls.setdefault(ev.index, {"id": ev.id, "type": "function",
+                                                   "function": {"name": ev.name or "", "arguments": ""}})
+                call["id"] = call["id"] or ev.id
+                call["function"]["name"] = call["function"]["name"] or ev.name or ""
+                call["function"]["arguments"] += ev.arguments
+            else:
+                absorb(meter, ev)
+    finally:
+        await events.aclose()  # a client that left cancels the backend's work
+    content = "".join(text)
+    if kind == "chat":
+        message = {"role": "assistant", "content": content or (None if calls else "")}
+        if calls:
+            message["tool_calls"] = [calls[i] for i in sorted(calls)]
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": meter.finish_reason}
+        obj = "chat.completion"
+    else:
+        choice = {"index": 0, "text": content, "logprobs": None, "finish_reason": meter.finish_reason}
+        obj = "text_completion"
+    out = {"id": meter.request_id, "object": obj, "created": int(time.time()), "model": route.model,
+           "choices": [choice], "usage": usage(meter)}
+    payload = orjson.dumps(out)
+    if route.down:
+        await sleep_until(route.down.send("down", time.perf_counter(), len(payload), meter.net))
+    meter.bytes_down = len(payload)
+    if meter.t_backend_first is not None:
+        meter.delivered(meter.t_backend_first, 0)  # non-streamed: TTFT is when the first token was made
+    meter.t_last_token = time.perf_counter()
+    record = finish(request, route, meter, 200, None)
+    out["edgemeter"] = record
+    headers = {"X-Request-Id": meter.request_id, "X-Edgemeter-Record": orjson.dumps(record).decode()}
+    return web.Response(body=orjson.dumps(out), content_type="application/json", headers=headers)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": f"edgemeter:{b.kind}"}
+            for name, b in request.app[ROUTER].backends.items()]
+    return web.json_response({"object": "list", "data": data}, dumps=lambda o: orjson.dumps(o).decode())
+
+
+async def end_session(request: web.Request) -> web.Response:
+    """Close an agent session. In cloud mode the final answer comes down the device link now."""
+    body, _ = await read_json(request)
+    answer = body.get("final_answer", "") if isinstance(body, dict) else None
+    if not isinstance(answer, str):
+        raise bad_request("'final_answer' must be a string", "final_answer", "invalid_type")
+    s = request.app[ROUTER].end_session(request.match_info["session_id"])
+    out = {"session": s.id, "mode": s.mode, "network": s.network, "calls": s.calls, **s.totals}
+    if s.mode == "cloud" and s.device is not None:
+        tally = NetTally()
+        nbytes = len(answer.encode())
+        await sleep_until(s.device.send("down", time.perf_counter(), nbytes, tally))
+        out["bytes_down"] += nbytes
+        out["net_delay_s"] += tally.added_s
+        out["radio_j"] += tally.radio_j
+        out["final_answer_delay_s"] = tally.added_s
+    return web.json_response(out, dumps=lambda o: orjson.dumps(o).decode())
+
+
+# --- operations ---
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    router = request.app[ROUTER]
+    for name, b in router.backends.items():
+        metrics.WAITING.labels(name, b.kind).set(getattr(b, "waiting", 0))
+    router.devices.export(time.perf_counter())
+    body, ctype = metrics.render()
+    return web.Response(body=body, headers={"Content-Type": ctype})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    backends_ = request.app[ROUTER].backends
+    state = {name: b.ready for name, b in backends_.items()}
+    ok = all(state.values())
+    return web.json_response({"status": "ready" if ok else "loading", "models": state}, status=200 if ok else 503)

@@ -1,0 +1,161 @@
+"""Per-request measurement: timestamps where the proxy sees them, the record, the metrics.
+
+One ``RequestMeter`` lives for one request. The handler tells it when the request
+left the queue, when each token was produced and delivered, how many bytes moved
+and what the simulated network and radio cost; ``finish`` turns that into the
+per-request record (returned to the client and logged) and observes every
+Prometheus metric once. All times are ``time.perf_counter()`` seconds.
+"""
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import orjson
+
+from . import metrics as m
+
+DELAY_PARTS = ("propagation", "serialization", "queueing", "retransmission", "promotion")
+
+
+@dataclass
+class NetTally:
+    """Simulated delay by component and direction, and radio energy, summed over a request."""
+    delay: dict = field(default_factory=lambda: {(d, p): 0.0 for d in ("up", "down") for p in DELAY_PARTS})
+    radio_j: float = 0.0
+    added_s: float = 0.0  # wall time the simulation added to what the client saw
+
+
+class RequestMeter:
+    __slots__ = ("labels", "model", "backend", "mode", "network", "device", "session", "request_id",
+                 "t_received", "t_backend", "t_scheduled", "t_first_token", "t_backend_first", "t_last_token",
+                 "t_end", "last_delivery", "itl_child", "prompt_tokens", "completion_tokens", "usage_source",
+                 "bytes_up", "bytes_down", "net", "cpu_s", "compute_j", "compute_method", "finish_reason",
+                 "chunks", "_running")
+
+    def __init__(self, model: str, backend: str, mode: str, network: str, device: str, session: str | None,
+                 t_received: float, bytes_up: int):
+        self.labels = (model, backend, mode, network)
+        self.model, self.backend, self.mode, self.network = self.labels
+        self.device, self.session = device, session
+        self.request_id = "chatcmpl-" + uuid.uuid4().hex[:24]
+        self.t_received = t_received
+        self.t_backend = self.t_scheduled = self.t_first_token = None
+        self.t_backend_first = self.t_last_token = self.t_end = None
+        self.last_delivery = None
+        self.itl_child = m.ITL.labels(*self.labels)  # resolved once: observed per token
+        self.prompt_tokens = self.completion_tokens = 0
+        self.usage_source = "backend"
+        self.bytes_up, self.bytes_down = bytes_up, 0
+        self.net = NetTally()
+        self.cpu_s = None
+        self.compute_j = 0.0
+        self.compute_method = None
+        self.finish_reason = None
+        self.chunks = 0
+        self._running = m.RUNNING.labels(*self.labels)
+        self._running.inc()
+
+    # --- events, in the order they happen ---
+    def backend_started(self, t: float) -> None:
+        self.t_backend = t
+
+    def scheduled(self, t: float) -> None:
+        self.t_scheduled = t
+
+    def produced(self, t: float) -> None:
+        """A token left the backend (before any simulated network)."""
+        if self.t_backend_first is None:
+            self.t_backend_first = t
+
+    def delivered(self, t: float, tokens: int) -> None:
+        """``tokens`` tokens reached the client at ``t``. A chunk of n tokens counts as n gaps of gap/n."""
+        if self.t_first_token is None:
+            self.t_first_token = t
+        elif tokens:
+            gap = (t - self.last_delivery) / tokens
+            for _ in range(tokens):
+                self.itl_child.observe(gap)
+        self.last_delivery = t
+        self.t_last_token = t
+        self.chunks += 1
+
+    # --- the result ---
+    def finish(self, status: int, cause: str | None = None) -> dict:
+        self.t_end = time.perf_counter()
+        self._running.dec()
+        lab = self.labels
+        m.REQUESTS.labels(*lab, str(status)).inc()
+        if cause:
+            m.ERRORS.labels(*lab, cause).inc()
+        e2e = self.t_end - self.t_received
+        ttft = None if self.t_first_token is None else self.t_first_token - self.t_received
+        tpot = None
+        if ttft is not None and self.completion_tokens > 1:
+            tpot = (self.t_last_token - self.t_first_token) / (self.completion_tokens - 1)
+        queue = None if self.t_scheduled is None or self.t_backend is None else max(0.0, self.t_scheduled - self.t_backend)
+        backend_ttft = None
+        if self.t_backend_first is not None and self.t_backend is not None:
+            backend_ttft = self.t_backend_first - self.t_backend
+        m.E2E.labels(*lab).observe(e2e)
+        m.BYTES.labels(*lab, "up").inc(self.bytes_up)
+        m.BYTES.labels(*lab, "down").inc(self.bytes_down)
+        if ttft is not None:
+            m.TTFT.labels(*lab).observe(ttft)
+        if backend_ttft is not None:
+            m.BACKEND_TTFT.labels(*lab).observe(backend_ttft)
+        if tpot is not None:
+            m.TPOT.labels(*lab).observe(tpot)
+        if queue is not None:
+            m.QUEUE_TIME.labels(*lab).observe(queue)
+        if self.prompt_tokens or self.completion_tokens:
+            m.PROMPT_TOKENS.labels(*lab).inc(self.prompt_tokens)
+            m.GEN_TOKENS.labels(*lab).inc(self.completion_tokens)
+            m.REQ_PROMPT_TOKENS.labels(*lab).observe(self.prompt_tokens)
+            m.REQ_GEN_TOKENS.labels(*lab).observe(self.completion_tokens)
+        delay = {p: self.net.up[p] + self.net.down[p] for p in DELAY_PARTS}
+        for direction, split in (("up", self.net.up), ("down", self.net.down)):
+            for part, v in split.items():
+                if v:
+                    m.NET_DELAY_PART.labels(*lab, direction, part).inc(v)
+        m.NET_DELAY.labels(*lab).observe(self.net.added_s)
+        if self.net.radio_j:
+            m.REQ_RADIO_ENERGY.labels(*lab).inc(self.net.radio_j)
+        if self.compute_j:
+            m.COMPUTE_ENERGY.labels(*lab, self.compute_method).inc(self.compute_j)
+        energy = self.net.radio_j + self.compute_j
+        per_token = energy / self.completion_tokens if self.completion_tokens else None
+        if per_token is not None and energy:
+            m.ENERGY_PER_TOKEN.labels(*lab).observe(per_token)
+        return {
+            "request_id": self.request_id, "model": self.model, "backend": self.backend, "mode": self.mode,
+            "network": self.network, "device": self.device, "session": self.session, "status": status,
+            "error": cause, "finish_reason": self.finish_reason,
+            "ttft_s": ttft, "backend_ttft_s": backend_ttft, "e2e_s": e2e, "tpot_s": tpot, "queue_s": queue,
+            "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+            "usage_source": self.usage_source, "chunks": self.chunks,
+            "bytes_up": self.bytes_up, "bytes_down": self.bytes_down,
+            "net_delay_s": {"total": self.net.added_s, **delay},
+            "radio_j": self.net.radio_j, "compute_j": self.compute_j, "compute_energy_method": self.compute_method,
+            "cpu_s": self.cpu_s, "energy_per_token_j": per_token,
+        }
+
+
+class RequestLog:
+    """Optional JSONL log: one line per request, appended with a single write (O_APPEND keeps lines whole)."""
+
+    def __init__(self, path: str | None):
+        self.fd = None
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def write(self, record: dict) -> None:
+        if self.fd is not None:
+            os.write(self.fd, orjson.dumps({"time": time.time(), **record}) + b"\n")
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

@@ -1,0 +1,128 @@
+"""Which backend serves a request, in which deployment mode, over which simulated device link.
+
+Modes (config default, per-request override by header):
+  local   model and tools on the device: nothing crosses the network, the radio stays idle.
+  hybrid  model in the cloud, tools on the device: every call's request goes up the device
+          link and every response chunk comes down it.
+  cloud   model and tools in the cloud: a session (X-Edgemeter-Session) crosses the device
+          link twice, the task going up (its first call's request) and the final answer
+          coming down (POST /edgemeter/v1/sessions/{id}/end); calls in between stay in the
+          datacenter. A cloud-mode call without a session header is a one-call session.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from backends import Backend
+
+from .config import MODES, Config
+from .device import Device, Devices
+from .errors import APIError, bad_request
+
+H_MODE, H_NETWORK, H_DEVICE, H_SESSION = ("X-Edgemeter-Mode", "X-Edgemeter-Network", "X-Edgemeter-Device",
+                                          "X-Edgemeter-Session")
+MAX_ID = 128
+
+
+@dataclass
+class Session:
+    """An agent task attempt: its calls' totals, and in cloud mode the link its answer comes down."""
+    id: str
+    mode: str
+    network: str
+    device: Device | None
+    last_seen: float = field(default_factory=time.monotonic)
+    calls: int = 0
+    uplinked: bool = False
+    totals: dict = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0, "bytes_up": 0,
+                                                  "bytes_down": 0, "net_delay_s": 0.0, "radio_j": 0.0,
+                                                  "compute_j": 0.0, "e2e_s": 0.0})
+
+    def add(self, record: dict) -> None:
+        self.calls += 1
+        self.last_seen = time.monotonic()
+        t = self.totals
+        for key in ("prompt_tokens", "completion_tokens", "bytes_up", "bytes_down", "radio_j", "compute_j", "e2e_s"):
+            t[key] += record.get(key) or 0
+        t["net_delay_s"] += record["net_delay_s"]["total"]
+
+
+@dataclass
+class Route:
+    model: str
+    backend: Backend
+    mode: str
+    network: str
+    device_id: str
+    session: Session | None
+    up: Device | None    # link the request crosses, or None
+    down: Device | None  # link the response crosses, or None
+
+    @property
+    def labels(self) -> tuple[str, str, str, str]:
+        return self.model, self.backend.kind, self.mode, self.network
+
+
+class Router:
+    def __init__(self, config: Config, backends: dict[str, Backend], devices: Devices):
+        self.config = config
+        self.backends = backends
+        self.devices = devices
+        self.sessions: dict[str, Session] = {}
+
+    def _header(self, headers, name: str, default: str, allowed=None) -> str:
+        value = headers.get(name, default)
+        if allowed is not None and value not in allowed:
+            raise bad_request(f"header {name}: unknown value {value!r} (known: {', '.join(allowed)})", name)
+        if not value or len(value) > MAX_ID or not value.isprintable():
+            raise bad_request(f"header {name}: must be 1..{MAX_ID} printable characters", name)
+        return value
+
+    def route(self, headers, model: str) -> Route:
+        backend = self.backends.get(model)
+        if backend is None:
+            raise APIError(404, f"The model '{model}' does not exist (known: {', '.join(self.backends)})",
+                           param="model", code="model_not_found")
+        if not backend.ready:
+            raise APIError(503, f"model '{model}' is still loading", type="server_error", code="not_ready")
+        d = self.config.defaults
+        mode = self._header(headers, H_MODE, d.mode, MODES)
+        network = self._header(headers, H_NETWORK, d.network, self.devices.presets)
+        device_id = self._header(headers, H_DEVICE, d.device)
+        session_id = headers.get(H_SESSION)
+        device = None if mode == "local" else self.devices.get(device_id, network)
+        session = None
+        if session_id is not None:
+            session_id = self._header(headers, H_SESSION, "")
+            session = self._session(session_id, mode, network, device)
+        if mode == "hybrid" or (mode == "cloud" and session is None):
+            up = down = device
+        elif mode == "cloud":
+            up = None if session.uplinked else device  # only the task goes up; the answer comes at /end
+            session.uplinked = True
+            down = None
+        else:
+            up = down = None
+        return Route(model, backend, mode, network, device_id, session, up, down)
+
+    def _session(self, sid: str, mode: str, network: str, device: Device | None) -> Session:
+        self._expire()
+        s = self.sessions.get(sid)
+        if s is None:
+            if len(self.sessions) >= self.config.server.max_devices * 16:
+                raise APIError(429, "too many open sessions; end some with POST /edgemeter/v1/sessions/{id}/end",
+                               type="rate_limit_error", code="too_many_sessions")
+            s = self.sessions[sid] = Session(sid, mode, network, device)
+        return s
+
+    def _expire(self) -> None:
+        cutoff = time.monotonic() - self.config.server.session_idle_s
+        for sid in [k for k, s in self.sessions.items() if s.last_seen < cutoff]:
+            del self.sessions[sid]
+
+    def end_session(self, sid: str) -> Session:
+        s = self.sessions.pop(sid, None)
+        if s is None:
+            raise APIError(404, f"no open session {sid!r}", param="session_id", code="session_not_found")
+        return s
