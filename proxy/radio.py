@@ -1,0 +1,254 @@
+"""Radio energy of a simulated device: an RRC state machine driven by its real transfers.
+
+While bytes move the radio is active and draws beta + alpha_up * Mbps_up +
+alpha_down * Mbps_down (Huang et al., MobiSys 2012; integrated over a transfer the
+alpha terms reduce to alpha * megabits moved). After the last byte it walks down a
+tail of lower-power states on inactivity timers, then idles. A transfer that finds the
+radio idle (or in a state that needs one) first waits for a promotion. Parameters are
+the published defaults of AT&T's ARO tool, tagged with the source ids of the facts
+file (/work/shared/reference/radio_network_facts.md).
+
+Attribution: each transfer is charged its promotion (if it caused one), the active
+time it added beyond what earlier transfers already kept busy, its own bytes, and the
+tail after it if it is the last transfer so far. That tail is provisional: it is
+charged in full and settled to what was really spent when the next transfer cuts it
+short (or when ``advance`` passes its end); ``RadioCharge.pending`` says which. The
+device totals (``energy_j``/``time_s`` by state) only ever count energy already spent.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+PROMOTION, ACTIVE = "promotion", "active"
+
+
+@dataclass(frozen=True)
+class RadioState:
+    """A tail or idle state: its average power, how long the radio stays before dropping
+    to the next (idle: forever) and what it takes to get back to active from it."""
+    name: str
+    power_w: float
+    duration_s: float = math.inf
+    promotion_s: float = 0.0
+    promotion_w: float = 0.0
+
+
+@dataclass(frozen=True)
+class RadioProfile:
+    name: str
+    base_w: float                 # beta: active power with no throughput
+    alpha_up_w: float = 0.0       # W per Mbps uplink
+    alpha_down_w: float = 0.0     # W per Mbps downlink
+    tail: tuple[RadioState, ...] = ()
+    idle: RadioState = RadioState("idle", 0.0)
+
+    @property
+    def states(self) -> tuple[str, ...]:
+        return (PROMOTION, ACTIVE, *(s.name for s in self.tail), self.idle.name)
+
+    @property
+    def tail_s(self) -> float:
+        return sum(s.duration_s for s in self.tail)
+
+    @property
+    def tail_j(self) -> float:
+        return sum(s.duration_s * s.power_w for s in self.tail)
+
+
+def _drx(period_s: float, on_s: float, on_w: float, off_w: float) -> float:
+    """Average power of a DRX cycle: an on-duration ping, then the base power (ARO energy(), S3)."""
+    return (on_s * on_w + (period_s - on_s) * off_w) / period_s
+
+
+# LTE, ARO lte.conf / ProfileLTE.java defaults (facts §1, S2-S4), which carry Huang 2012's model.
+_LTE_BETA = 1.2
+LTE = RadioProfile(
+    "lte", base_w=_LTE_BETA, alpha_up_w=0.43839, alpha_down_w=0.05197,
+    tail=(RadioState("cr_tail", _LTE_BETA, 0.1),                          # INACTIVITY_TIMER at beta
+          RadioState("short_drx", _drx(0.02, 0.002, 1.68, 1.06), 0.02),   # T_SHORT_DRX, 20 ms cycle
+          RadioState("long_drx", _drx(0.04, 0.002, 1.68, 1.06), 10.0)),   # T_LONG_DRX, 40 ms cycle
+    idle=RadioState("idle", _drx(1.28, 0.043, 0.594, 0.0),                # paging 43 ms every 1.28 s
+                    promotion_s=0.26, promotion_w=1.21))                   # T/P_PROMOTION
+
+# 3G UMTS, ARO Profile3G.java defaults (facts §2, S7): constant power per state; every
+# transfer goes on DCH (ARO's small-transfer path on FACH, RLC buffer <= 543/475 B, is
+# not modelled). Promotions use ARO's average delays.
+UMTS = RadioProfile(
+    "3g", base_w=0.7,
+    tail=(RadioState("dch_tail", 0.7, 5.0),                                          # DCH->FACH timer
+          RadioState("fach_tail", 0.35, 12.0, promotion_s=1.5, promotion_w=0.55)),   # FACH->IDLE timer
+    idle=RadioState("idle", 0.0, promotion_s=2.0, promotion_w=0.53))
+
+# WiFi, ARO WiFi.conf / ProfileWiFi.java (facts §3, S11): active and tail at 0.403 W,
+# 0.25 s tail, then power save at 0.02 W. ARO has no promotion; Huang's 79 ms WiFi
+# promotion is unconfirmed (facts §8), so none is charged.
+WIFI = RadioProfile(
+    "wifi", base_w=0.403,
+    tail=(RadioState("tail", 0.403, 0.25),),
+    idle=RadioState("psm", 0.02))
+
+# 5G NSA: an ESTIMATE, not a measured profile. NSA runs NR as a secondary leg of an LTE
+# connection under LTE RRC, so it takes the LTE timers, promotion and idle paging (the
+# device camps on LTE). Connected-mode powers (beta, CR tail, DRX) are LTE's x 2.5, the
+# middle of "2-3x over 4G" (Xu et al., SIGCOMM 2020, facts §4, S12). Alphas stay LTE's:
+# our sources give no 5G per-Mbps figure. Not used: the ~5 s NSA low-band tail
+# suggested by Narayanan 2021's figure shading (S15), which the facts call indicative.
+_NR = 2.5
+NR5G_NSA = RadioProfile(
+    "nr5g_nsa", base_w=_LTE_BETA * _NR, alpha_up_w=LTE.alpha_up_w, alpha_down_w=LTE.alpha_down_w,
+    tail=tuple(RadioState(s.name, s.power_w * _NR, s.duration_s) for s in LTE.tail),
+    idle=LTE.idle)
+
+# Wired or on-device: no radio, no energy, no delay.
+NONE = RadioProfile("none", base_w=0.0)
+
+RADIO_PROFILES: dict[str, RadioProfile] = {p.name: p for p in (NONE, WIFI, LTE, NR5G_NSA, UMTS)}
+
+
+@dataclass(slots=True)
+class RadioCharge:
+    """Radio energy attributed to one request (or one transfer), in joules. ``tail_j``
+    holds a provisional full tail while ``pending``; the radio settles it in place."""
+    promotion_j: float = 0.0
+    active_j: float = 0.0
+    tail_j: float = 0.0
+    pending: bool = False
+
+    @property
+    def total_j(self) -> float:
+        return self.promotion_j + self.active_j + self.tail_j
+
+
+@dataclass
+class Radio:
+    """One device's radio. Feed it every transfer with ``transfer`` (the Link does, per
+    chunk); read device totals after ``advance(now)``.
+
+    Transfers may overlap and come slightly out of order (concurrent requests): an
+    interval that starts before the current busy period ends is merged into it. One
+    that starts in time already accounted (before the last ``advance``) is moved to
+    that time: the past is not rewritten.
+    """
+    profile: RadioProfile
+    energy_j: dict[str, float] = field(init=False)
+    time_s: dict[str, float] = field(init=False)
+    promotions: int = field(init=False, default=0)
+    state: str = field(init=False)
+
+    def __post_init__(self):
+        self.energy_j = dict.fromkeys(self.profile.states, 0.0)
+        self.time_s = dict.fromkeys(self.profile.states, 0.0)
+        self.state = self.profile.idle.name
+        self._clock: float | None = None      # totals are complete up to here
+        self._busy_until: float | None = None  # end of the last busy period (None: never busy)
+        self._promo_end = -math.inf
+        self._tail_spent = 0.0                 # tail energy spent since _busy_until
+        self._owner: RadioCharge | None = None  # holds the provisional tail
+        self._full_tail = self.profile.tail_j
+
+    def _gap_state(self, t: float) -> RadioState:
+        """The tail or idle state at t, when t is after the last busy period."""
+        if self._busy_until is None:
+            return self.profile.idle
+        off = t - self._busy_until
+        for s in self.profile.tail:
+            if off < s.duration_s:
+                return s
+            off -= s.duration_s
+        return self.profile.idle
+
+    def _joins_busy(self, t: float) -> bool:
+        return self._busy_until is not None and t <= self._busy_until and self._clock <= self._busy_until
+
+    def promotion_delay(self, t: float) -> float:
+        """Seconds a transfer offered at t waits before the radio can carry it."""
+        if self._joins_busy(t):
+            return self._promo_end - t if t < self._promo_end else 0.0
+        if self._clock is not None and t < self._clock:
+            t = self._clock
+        return self._gap_state(t).promotion_s
+
+    def transfer(self, t_start: float, t_end: float, bytes_up: int = 0, bytes_down: int = 0,
+                 into: RadioCharge | None = None) -> RadioCharge:
+        """Account a transfer offered at ``t_start`` whose last byte moves at ``t_end``
+        (promotion wait included, as returned by ``promotion_delay``). Adds this
+        transfer's share to ``into`` (or a new RadioCharge) and returns it."""
+        c = into if into is not None else RadioCharge()
+        p = self.profile
+        if self._clock is None:
+            self._clock = t_start
+        if self._joins_busy(t_start):
+            start = max(t_start, self._promo_end)
+            grow_from = self._busy_until
+        else:
+            t_start = max(t_start, self._clock)
+            self._spend_gap(t_start)
+            self._settle(self._tail_spent)
+            s = self._gap_state(t_start)
+            if s.promotion_s > 0 or (s is p.idle and p.tail):
+                self.promotions += 1
+                self._add(PROMOTION, s.promotion_s, s.promotion_s * s.promotion_w)
+                c.promotion_j += s.promotion_s * s.promotion_w
+            start = grow_from = self._promo_end = t_start + s.promotion_s
+            self._busy_until = start
+        end = max(t_end, start)
+        grow = max(0.0, end - grow_from)
+        energy = grow * p.base_w + (p.alpha_up_w * bytes_up + p.alpha_down_w * bytes_down) * 8e-6
+        self._add(ACTIVE, grow, energy)
+        c.active_j += energy
+        if end > self._busy_until or self._owner is None:  # this transfer now ends the busy period
+            self._settle(0.0)
+            self._busy_until = end
+            self._tail_spent = 0.0
+            self._owner = c
+            c.tail_j += self._full_tail
+            c.pending = self._full_tail > 0
+        self._clock = max(self._clock, self._busy_until)
+        self.state = ACTIVE
+        return c
+
+    def advance(self, t: float) -> None:
+        """Bring the totals up to t (e.g. before a metrics scrape) and set ``state``."""
+        if self._clock is None:
+            self._clock = t
+        if t > self._clock:
+            self._spend_gap(t)
+            if self._owner is not None and t - self._busy_until >= self.profile.tail_s:
+                self._settle(self._tail_spent)
+        if self._busy_until is not None and t <= self._busy_until:
+            self.state = PROMOTION if t < self._promo_end else ACTIVE
+        else:
+            self.state = self._gap_state(t).name
+
+    def _spend_gap(self, t: float) -> None:
+        """Account tail and idle energy from the clock to t (both after the busy period)."""
+        a = self._clock
+        if t <= a:
+            return
+        self._clock = t
+        if self._busy_until is None:
+            self._add(self.profile.idle.name, t - a, (t - a) * self.profile.idle.power_w)
+            return
+        lo = self._busy_until
+        for s in self.profile.tail:
+            hi = lo + s.duration_s
+            dt = min(t, hi) - max(a, lo)
+            if dt > 0:
+                self._add(s.name, dt, dt * s.power_w)
+                self._tail_spent += dt * s.power_w
+            lo = hi
+        dt = t - max(a, lo)
+        if dt > 0:
+            self._add(self.profile.idle.name, dt, dt * self.profile.idle.power_w)
+
+    def _settle(self, spent: float) -> None:
+        """The provisional tail's owner is charged what the tail really cost."""
+        if self._owner is not None:
+            self._owner.tail_j += spent - self._full_tail
+            self._owner.pending = False
+            self._owner = None
+
+    def _add(self, state: str, dt: float, joules: float) -> None:
+        self.time_s[state] += dt
+        self.energy_j[state] += joules
