@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import queue
 import selectors
 import shutil
 import signal
@@ -144,6 +145,8 @@ class Sandbox:
         self._free_slots = list(range(self.size))
         self._cv = threading.Condition()
         self._closed = False
+        self._to_start: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        threading.Thread(target=self._spawner, daemon=True, name="sandbox-spawner").start()
         for _ in range(self.size):
             self._spawn_async()
         self.isolation = self._peek_isolation()
@@ -162,24 +165,30 @@ class Sandbox:
         return applied
 
     def _spawn_async(self) -> None:
-        with self._cv:
-            slot = self._free_slots.pop()
+        self._to_start.put(True)
 
-        def start():
+    def _spawner(self) -> None:
+        # One long-lived thread starts every worker: workers die with the thread that forked them
+        # (PR_SET_PDEATHSIG), so a short-lived thread would take its worker down with it.
+        while self._to_start.get():
+            with self._cv:
+                if self._closed:
+                    return
+                slot = self._free_slots.pop()
             try:
                 w = _Worker(slot, self.root)
-            except BaseException:
+            except OSError:
                 with self._cv:
                     self._free_slots.append(slot)
-                    self._cv.notify_all()
-                raise
+                time.sleep(0.1)
+                self._to_start.put(True)
+                continue
             with self._cv:
                 if self._closed:
                     w.destroy(None)
                     return
                 self._idle.append(w)
                 self._cv.notify_all()
-        threading.Thread(target=start, daemon=True).start()
 
     def _take(self) -> _Worker:
         with self._cv:
@@ -280,6 +289,7 @@ class Sandbox:
             self._closed = True
             idle, self._idle = self._idle, []
             self._cv.notify_all()
+        self._to_start.put(False)
         for w in idle:
             w.destroy(None)
 

@@ -22,6 +22,7 @@ CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER = 0x00020000, 0x08000000, 0x10000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+PR_SET_PDEATHSIG, SIGKILL = 1, 9
 _MOUNT_FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC}
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -112,6 +113,11 @@ def isolate(root):
     return applied
 
 
+def _die_with_parent():
+    """SIGKILL when the parent goes (a killed harness must not leave code running)."""
+    _libc.prctl(PR_SET_PDEATHSIG, SIGKILL)
+
+
 def _own_tree(path, uid):
     """Hand the workspace to the sandbox uid, never following links (nor hard links)."""
     os.chown(path, uid, uid, follow_symlinks=False)
@@ -156,6 +162,7 @@ def _child(job):
         os.setgroups([])
         os.setgid(job["uid"])
         os.setuid(job["uid"])
+        _die_with_parent()  # a uid change clears it
     os.environ.clear()
     os.environ.update(PATH="/usr/local/bin:/usr/bin:/bin", HOME=job["cwd"], TMPDIR=job["cwd"], LANG="C.UTF-8")
     sys.argv = ["<sandbox>"]
@@ -180,6 +187,7 @@ def _child(job):
 def main():
     global _out
     _out = int(sys.argv[1])
+    _die_with_parent()
     root = os.geteuid() == 0
     applied = isolate(root)
     for name in ("math", "re", "itertools", "collections", "functools", "heapq", "string", "fractions",
@@ -196,6 +204,7 @@ def main():
         _own_tree(job["cwd"], job["uid"])
     pid = os.fork()
     if pid == 0:
+        _die_with_parent()
         try:
             _child(job)
         finally:
