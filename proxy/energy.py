@@ -125,10 +125,9 @@ class ComputeEnergy:
         self._busy: list[float] = []
         self._keep = max(2, int(keep_s / (sample_s or 0.1)))
         self._stop = threading.Event()
-        if sensor is not None:
+        if sensor is not None and sample_s:
             self.sample()
-            if sample_s:
-                threading.Thread(target=self._run, args=(sample_s,), name="energy-sampler", daemon=True).start()
+            threading.Thread(target=self._run, args=(sample_s,), name="energy-sampler", daemon=True).start()
 
     @classmethod
     def from_config(cls, cfg: dict | None) -> ComputeEnergy:

@@ -1,0 +1,308 @@
+import math
+import random
+import statistics
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from proxy.link import (IW, MSS, PACKET, PRESETS, Bandwidth, Bernoulli, DelaySplit, GilbertElliott, Latency,
+                        Link, Loss, NetworkPreset, SlowStart, TraceBandwidth, load_trace, presets_from_config,
+                        segments, wire_bytes)
+
+
+class Scripted:
+    """A loss model that loses exactly the transmissions it is told to."""
+    def __init__(self, outcomes):
+        self.outcomes = list(outcomes)
+
+    def lost(self):
+        return self.outcomes.pop(0) if self.outcomes else False
+
+
+def test_framing_counts_tcp_headers():
+    assert segments(0) == 1 and segments(MSS) == 1 and segments(MSS + 1) == 2
+    assert wire_bytes(MSS) == PACKET == 1500
+    assert wire_bytes(3000) == 3000 + 3 * 52
+
+
+# --- Latency ---------------------------------------------------------------------------
+
+def test_latency_without_jitter_is_constant():
+    stage, split = Latency(0.04, 0.0, random.Random(1)), DelaySplit()
+    assert stage(1.0, 100, split) == pytest.approx(1.04)
+    assert split.propagation == pytest.approx(0.04)
+
+
+def test_latency_keeps_mean_and_sd_and_never_goes_below_floor():
+    mean, sd = 0.1, 0.0707
+    stage = Latency(mean, sd, random.Random(7))
+    delays = []
+    for i in range(20000):
+        t = i * 10.0  # far apart: the in-order rule never applies
+        delays.append(stage(t, 100, DelaySplit()) - t)
+    assert min(delays) >= stage.floor - 1e-12
+    assert statistics.fmean(delays) == pytest.approx(mean, rel=0.02)
+    assert statistics.stdev(delays) == pytest.approx(sd, rel=0.03)
+
+
+def test_latency_floor_is_two_sd_below_mean():
+    assert Latency(0.02, 0.005, random.Random(0)).floor == pytest.approx(0.01)
+    assert Latency(0.02, 0.015, random.Random(0)).floor == 0.0
+
+
+def test_latency_delivers_in_order():
+    stage = Latency(0.1, 0.07, random.Random(3))
+    arrivals = [stage(i * 0.001, 100, DelaySplit()) for i in range(2000)]
+    assert arrivals == sorted(arrivals)
+
+
+# --- Bandwidth -------------------------------------------------------------------------
+
+def test_bandwidth_serializes_and_queues_behind_earlier_bytes():
+    stage = Bandwidth(8.0)  # 1 byte per microsecond
+    s1, s2, s3 = DelaySplit(), DelaySplit(), DelaySplit()
+    end1 = stage(0.0, 1448, s1)
+    assert end1 == pytest.approx(1500e-6)
+    end2 = stage(0.0, 1448, s2)  # offered together: waits for the first
+    assert s2.queueing == pytest.approx(1500e-6) and end2 == pytest.approx(3000e-6)
+    stage(1.0, 1448, s3)  # link idle again
+    assert s3.queueing == 0.0 and s3.serialization == pytest.approx(1500e-6)
+
+
+# --- TraceBandwidth --------------------------------------------------------------------
+
+def trace_file(tmp_path, text, name="t.trace"):
+    p = tmp_path / name
+    p.write_text(text)
+    return load_trace(str(p))
+
+
+def test_trace_parse_and_rate(tmp_path):
+    tr = trace_file(tmp_path, "1\n")
+    assert tr.period == 0.001 and tr.mbps == pytest.approx(12.0)  # "1" = 12 Mbps (facts §5)
+    tr = trace_file(tmp_path, "0\n5\n5\n10\n", "b.trace")
+    assert tr.times == (0.0, 0.005, 0.005, 0.01) and tr.period == 0.01
+
+
+@pytest.mark.parametrize("text,msg", [("", "at least one"), ("0\n", "at least one"), ("5\nx\n", ":2:"),
+                                      ("5\n3\n", "non-decreasing"), ("-1\n", "non-negative")])
+def test_trace_rejects_bad_files(tmp_path, text, msg):
+    with pytest.raises(ValueError, match=msg):
+        trace_file(tmp_path, text, f"bad{abs(hash(text))}.trace")
+
+
+def test_trace_delivers_one_packet_per_opportunity_and_wraps(tmp_path):
+    stage = TraceBandwidth(trace_file(tmp_path, "5\n10\n"))  # opportunities at 5, 10, 15, 20 ms ...
+    split = DelaySplit()
+    end = stage(0.0, 3 * MSS, split)  # three full packets: 5, 10, 15 ms (second lap)
+    assert end == pytest.approx(0.015)
+    assert split.queueing == pytest.approx(0.005) and split.serialization == pytest.approx(0.010)
+
+
+def test_trace_small_chunks_share_an_opportunity_and_leftovers_are_wasted(tmp_path):
+    stage = TraceBandwidth(trace_file(tmp_path, "10\n"))  # one opportunity every 10 ms
+    a = stage(0.0, 100, DelaySplit())
+    b = stage(0.001, 100, DelaySplit())  # queued before the 10 ms opportunity fired: shares it
+    assert a == b == pytest.approx(0.010)
+    c = stage(0.015, 100, DelaySplit())  # after it: its unused bytes are gone
+    assert c == pytest.approx(0.020)
+
+
+# --- Loss ------------------------------------------------------------------------------
+
+def test_loss_fast_retransmit_costs_one_rtt_when_three_segments_follow():
+    stage, split = Loss(Scripted([True]), rtt_s=0.08, rto_s=0.28), DelaySplit()
+    assert stage(0.0, 5 * MSS, split) == pytest.approx(0.08)
+    assert split.retransmission == pytest.approx(0.08) and stage.lost == 1 and stage.segments == 5
+
+
+def test_loss_of_a_tail_segment_waits_for_the_rto():
+    stage = Loss(Scripted([False, False, True]), rtt_s=0.08, rto_s=0.28)
+    assert stage(0.0, 3 * MSS, DelaySplit()) == pytest.approx(0.28)
+
+
+def test_lost_retransmission_backs_off():
+    # single segment lost, its retransmission lost, the second retry gets through: RTO + RTO
+    stage = Loss(Scripted([True, True, False]), rtt_s=0.08, rto_s=0.3)
+    assert stage(0.0, 100, DelaySplit()) == pytest.approx(0.6)
+
+
+def test_loss_stalls_later_chunks_head_of_line():
+    stage = Loss(Scripted([True]), rtt_s=0.08, rto_s=0.3)
+    stage(0.0, 100, DelaySplit())
+    split = DelaySplit()
+    assert stage(0.1, 100, split) == pytest.approx(0.3)
+    assert split.retransmission == pytest.approx(0.2)
+
+
+def test_bernoulli_rate():
+    model = Bernoulli(0.02, random.Random(5))
+    n = 200_000
+    assert sum(model.lost() for _ in range(n)) / n == pytest.approx(0.02, rel=0.05)
+
+
+def test_gilbert_elliott_steady_state_rate_and_bursts():
+    model = GilbertElliott(p=0.01, r=0.3, loss_bad=0.8, loss_good=0.001, rng=random.Random(11))
+    draws = [model.lost() for _ in range(400_000)]
+    assert sum(draws) / len(draws) == pytest.approx(model.mean, rel=0.05)
+    after_loss = [b for a, b in zip(draws, draws[1:]) if a]
+    assert sum(after_loss) / len(after_loss) > 5 * model.mean  # losses come in bursts
+
+
+def test_simple_gilbert_burst_length():
+    # 1-h = 1, 1-k = 0: every packet in Bad is lost, so P(loss | loss) = P(stay Bad) = 1 - r
+    model = GilbertElliott(p=0.02, r=0.25, loss_bad=1.0, loss_good=0.0, rng=random.Random(2))
+    draws = [model.lost() for _ in range(300_000)]
+    after_loss = [b for a, b in zip(draws, draws[1:]) if a]
+    assert sum(after_loss) / len(after_loss) == pytest.approx(0.75, abs=0.02)
+
+
+# --- SlowStart -------------------------------------------------------------------------
+
+@given(st.integers(min_value=1, max_value=2_000_000))
+def test_slow_start_rounds_match_iw10_doubling(size):
+    rtt = 0.1
+    depart = SlowStart(rtt, rto_s=0.3)(0.0, size, DelaySplit())
+    rounds = math.ceil(math.log2(size / IW + 1))  # facts §5 derivation
+    assert depart == pytest.approx((rounds - 1) * rtt)
+
+
+def test_slow_start_restarts_after_idle_longer_than_rto():
+    stage = SlowStart(0.1, rto_s=0.3)
+    first = stage(0.0, 100_000, DelaySplit())
+    assert first == pytest.approx(0.2)
+    warm = stage(first + 0.25, 100_000, DelaySplit())  # idle < RTO: the grown window is kept
+    assert warm == pytest.approx(first + 0.25)
+    cold = stage(warm + 1.0, 100_000, DelaySplit())  # idle > RTO: back to IW10
+    assert cold - (warm + 1.0) == pytest.approx(0.2)
+
+
+def test_slow_start_keeps_fifo_order():
+    stage = SlowStart(0.1, rto_s=0.3)
+    a = stage(0.0, 3 * IW, DelaySplit())  # waits one round for its tail
+    b = stage(0.01, 10, DelaySplit())
+    assert b >= a
+
+
+# --- Link and presets ------------------------------------------------------------------
+
+def test_local_preset_adds_almost_nothing():
+    link = Link("local")
+    d = link.send("down", 5.0, 1000)
+    assert d.at - 5.0 < 1e-6 and d.split.total == pytest.approx(d.at - 5.0)
+    assert link.radio.profile.name == "none"
+
+
+def test_split_total_matches_delay():
+    link = Link("4g", seed=3)
+    t = 0.0
+    for i in range(300):
+        d = link.send("down" if i % 3 else "up", t, 40_000 if i % 50 == 0 else 150)
+        assert d.split.total == pytest.approx(d.at - t, abs=1e-9)
+        t += 0.01
+
+
+def test_send_rejects_unknown_direction():
+    with pytest.raises(ValueError, match="direction"):
+        Link("wifi").send("sideways", 0.0, 1)
+
+
+def run(link, calls):
+    return [(d.at, d.split) for d in (link.send(dr, t, n) for dr, t, n in calls)]
+
+
+calls_strategy = st.lists(st.tuples(st.sampled_from(["up", "down"]), st.floats(0, 0.5), st.integers(0, 60_000)),
+                          min_size=1, max_size=60)
+
+
+def timeline(raw):
+    """Offer times in order, as real time gives them."""
+    t, out = 0.0, []
+    for direction, gap, n in raw:
+        t += gap
+        out.append((direction, t, n))
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(sorted(PRESETS)), calls_strategy, st.integers(0, 2**32))
+def test_same_seed_same_result(name, raw, seed):
+    calls = timeline(raw)
+    assert run(Link(name, seed), calls) == run(Link(name, seed), calls)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(sorted(PRESETS)), calls_strategy)
+def test_order_kept_and_delay_never_below_floor(name, raw):
+    link = Link(name, seed=1)
+    p = link.preset
+    floor = max(0.0, p.rtt_ms / 2000 - 2 * p.jitter_ms / 1000 / math.sqrt(2))
+    last = {"up": -math.inf, "down": -math.inf}
+    for direction, t, n in timeline(raw):
+        d = link.send(direction, t, n)
+        assert d.at - t >= floor - 1e-12
+        assert d.at >= last[direction]
+        last[direction] = d.at
+
+
+def test_different_seeds_differ():
+    calls = [("down", i * 0.01, 200) for i in range(50)]
+    assert run(Link("4g", 1), calls) != run(Link("4g", 2), calls)
+
+
+def test_builtin_presets():
+    assert list(PRESETS) == ["local", "lan", "wifi", "5g", "4g", "poor_cellular", "edge_case"]
+    assert PRESETS["4g"].radio == "lte" and PRESETS["5g"].radio == "nr5g_nsa"
+    assert PRESETS["local"].rtt_ms == 0 and PRESETS["local"].down_mbps == 10_000
+    assert PRESETS["4g"].rto_s == pytest.approx(0.08 + 0.2)  # 4 x 30 ms < RTO_MIN
+    assert PRESETS["edge_case"].rto_s == pytest.approx(0.5 + 0.8)
+
+
+def test_presets_from_config_builds_on_base(tmp_path):
+    trace = tmp_path / "lte.down"
+    trace.write_text("1\n2\n")
+    out = presets_from_config({
+        "slow4g": {"base": "4g", "rtt_ms": 150},
+        "slower": {"base": "slow4g", "down_mbps": 1, "trace_down": str(trace)},
+        "bursty": {"base": "wifi", "gemodel": [0.01, 0.3, 0.8, 0.001]},
+        "plain": {"base": "bursty", "loss": 0.01},
+    })
+    assert set(PRESETS) < set(out)
+    assert out["slow4g"].rtt_ms == 150 and out["slow4g"].jitter_ms == 30 and out["slow4g"].radio == "lte"
+    assert out["slower"].rtt_ms == 150 and out["slower"].down_mbps == 1
+    assert out["bursty"].loss_model == "gemodel"
+    assert out["bursty"].loss == pytest.approx((0.01 * 0.8 + 0.3 * 0.001) / 0.31)
+    assert out["plain"].loss_model == "bernoulli" and out["plain"].gemodel is None and out["plain"].loss == 0.01
+    assert isinstance(Link(out["slower"]).down[1], TraceBandwidth)
+
+
+def test_gemodel_takes_netem_defaults():
+    p = presets_from_config({"g": {"gemodel": [0.1]}})["g"]
+    assert p.gemodel == (0.1, 0.9, 1.0, 0.0) and p.loss == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("spec,msg", [
+    ({"x": {"rtt": 5}}, r"networks\.x\.rtt: unknown key"),
+    ({"x": {"rtt_ms": -1}}, r"networks\.x\.rtt_ms: must be a non-negative number"),
+    ({"x": {"rtt_ms": "20"}}, r"networks\.x\.rtt_ms: must be a non-negative number"),
+    ({"x": {"down_mbps": 0}}, r"networks\.x\.down_mbps: must be > 0"),
+    ({"x": {"loss": 1.0}}, r"networks\.x\.loss: must be below 1"),
+    ({"x": {"jitter_ms": 5}}, r"networks\.x\.jitter_ms: needs rtt_ms"),
+    ({"x": {"radio": "6g"}}, r"networks\.x\.radio: unknown profile"),
+    ({"x": {"base": "nope"}}, r"networks\.x\.base: unknown preset"),
+    ({"x": {"base": "y"}, "y": {"base": "x"}}, r"circular"),
+    ({"x": {"loss": 0.1, "gemodel": [0.1]}}, r"networks\.x\.loss: give loss"),
+    ({"x": {"gemodel": [0.1, 2]}}, r"networks\.x\.gemodel: values must be probabilities"),
+    ({"x": {"loss_model": "gemodel"}}, r"networks\.x\.gemodel: needs a list"),
+    ({"x": {"loss_model": "pareto"}}, r"networks\.x\.loss_model"),
+    ({"x": {"trace_up": "/nonexistent.trace"}}, r"networks\.x\.trace_up: "),
+    ({"x": 5}, r"networks\.x: must be a mapping"),
+])
+def test_presets_from_config_errors(spec, msg):
+    with pytest.raises(ValueError, match=msg):
+        presets_from_config(spec)
+
+
+def test_custom_preset_can_redefine_a_builtin_name():
+    assert presets_from_config({"4g": {"base": "4g", "loss": 0.0}})["4g"].loss == 0.0
+    assert PRESETS["4g"].loss == 0.005
