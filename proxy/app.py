@@ -29,6 +29,7 @@ from .router import Route, Router
 log = logging.getLogger("edgemeter")
 CONFIG, ROUTER, LOG, ENERGY = web.AppKey("config", Config), web.AppKey("router", Router), \
     web.AppKey("log", RequestLog), web.AppKey("energy", ComputeEnergy)
+LOADING = web.AppKey("loading", list)
 API_PATHS = ("/v1/", "/edgemeter/")
 
 
@@ -69,11 +70,11 @@ async def start_backends(app: web.Application) -> None:
             metrics.BACKEND_READY.labels(name, backend.kind).set(1)
         except Exception as e:  # a model that fails to load stays not-ready; the others still serve
             log.error("model %s failed to load: %s", name, e)
-    app["loading"] = [asyncio.create_task(load(n, b)) for n, b in app[ROUTER].backends.items()]
+    app[LOADING] = [asyncio.create_task(load(n, b)) for n, b in app[ROUTER].backends.items()]
 
 
 async def stop_backends(app: web.Application) -> None:
-    for task in app["loading"]:
+    for task in app[LOADING]:
         task.cancel()
     for backend in app[ROUTER].backends.values():
         await backend.close()

@@ -19,12 +19,32 @@ from . import metrics as m
 DELAY_PARTS = ("propagation", "serialization", "queueing", "retransmission", "promotion")
 
 
-@dataclass
 class NetTally:
-    """Simulated delay by component and direction, and radio energy, summed over a request."""
-    delay: dict = field(default_factory=lambda: {(d, p): 0.0 for d in ("up", "down") for p in DELAY_PARTS})
-    radio_j: float = 0.0
-    added_s: float = 0.0  # wall time the simulation added to what the client saw
+    """What the simulated network cost one request: delay by component, and radio energy.
+
+    Upstream transfers add up (the client waits for each). Downstream chunks overlap
+    generation, so summing their delays would overstate the wait; what the client still
+    waits at the end is the last chunk's delay, so that is what counts for ``down``.
+    """
+    __slots__ = ("up", "down", "radio_j")
+
+    def __init__(self):
+        self.up = dict.fromkeys(DELAY_PARTS, 0.0)
+        self.down = dict.fromkeys(DELAY_PARTS, 0.0)
+        self.radio_j = 0.0
+
+    def record(self, direction: str, split: dict, radio_j: float) -> None:
+        if direction == "up":
+            for k, v in split.items():
+                self.up[k] += v
+        else:
+            self.down = split
+        self.radio_j += radio_j
+
+    @property
+    def added_s(self) -> float:
+        """Wall time the simulated network added to what the client saw."""
+        return sum(self.up.values()) + sum(self.down.values())
 
 
 class RequestMeter:

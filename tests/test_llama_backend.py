@@ -1,0 +1,151 @@
+"""The in-process llama.cpp backend on the real SmolLM2 model, directly and through the proxy."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+import pytest
+
+from backends import GenRequest, create
+from backends.base import Finish, Scheduled, TextDelta, Usage
+from tests.conftest import local_model
+
+MSG = [{"role": "user", "content": "Write a long story about a dragon."}]
+
+
+@pytest.fixture
+async def backend():
+    b = create("smollm2", local_model())
+    await b.start()
+    yield b
+    await b.close()
+
+
+async def collect(b, body, kind="chat"):
+    return [ev async for ev in b.generate(GenRequest(kind, "smollm2", body))]
+
+
+async def test_events_usage_matches_tokenizer(backend):
+    evs = await collect(backend, {"messages": MSG, "temperature": 0, "max_tokens": 12})
+    assert isinstance(evs[0], Scheduled)
+    assert isinstance(evs[-2], Finish) and evs[-2].reason == "length"
+    usage = evs[-1]
+    assert isinstance(usage, Usage) and usage.completion_tokens == 12 and usage.cpu_s > 0
+    deltas = [e for e in evs if isinstance(e, TextDelta)]
+    assert sum(d.tokens for d in deltas) == 12
+    times = [e.t for e in evs]
+    assert times == sorted(times)
+    prompt = backend.formatter(messages=MSG).prompt
+    llm = backend.llms[0]
+    assert usage.prompt_tokens == len(llm.tokenize(prompt.encode(), add_bos=False, special=True))
+
+
+async def test_stop_string_cuts_text(backend):
+    body = {"messages": [{"role": "user", "content": "Count from 1 to 20, separated by commas."}],
+            "temperature": 0, "max_tokens": 80}
+    full = "".join(e.text for e in await collect(backend, body) if isinstance(e, TextDelta))
+    assert "7" in full
+    evs = await collect(backend, {**body, "stop": ["7"]})
+    cut = "".join(e.text for e in evs if isinstance(e, TextDelta))
+    assert cut == full[:full.index("7")] and [e.reason for e in evs if isinstance(e, Finish)] == ["stop"]
+
+
+async def test_seed_makes_sampling_repeatable(backend):
+    body = {"messages": MSG, "temperature": 1.0, "max_tokens": 16, "seed": 42}
+    a = "".join(e.text for e in await collect(backend, body) if isinstance(e, TextDelta))
+    b = "".join(e.text for e in await collect(backend, body) if isinstance(e, TextDelta))
+    assert a == b
+
+
+async def test_cancellation_frees_the_slot_within_tokens(backend):
+    gen = backend.generate(GenRequest("chat", "smollm2", {"messages": MSG, "temperature": 0, "max_tokens": 500}))
+    n = 0
+    async for ev in gen:
+        n += isinstance(ev, TextDelta)
+        if n == 3:
+            break
+    await gen.aclose()
+    t = time.perf_counter()
+    evs = await asyncio.wait_for(collect(backend, {"messages": MSG, "temperature": 0, "max_tokens": 2}), 30)
+    assert evs[-1].completion_tokens == 2
+    # the abandoned 500-token generation did not run to the end first (~5 s here)
+    assert backend.active == 0 and time.perf_counter() - t < 30
+
+
+async def test_requests_queue_for_the_slot(backend):
+    body = {"messages": MSG, "temperature": 0, "max_tokens": 20}
+    first, second = await asyncio.gather(collect(backend, body), collect(backend, body))
+    end_first = first[-1].t
+    assert second[0].t >= end_first or first[0].t >= second[-1].t  # one waited for the other's whole run
+
+
+async def test_context_overflow_is_a_400(backend):
+    from backends import BackendError
+    with pytest.raises(BackendError) as e:
+        await collect(backend, {"messages": [{"role": "user", "content": "word " * 3000}], "max_tokens": 5})
+    assert e.value.status == 400 and e.value.code == "context_length_exceeded"
+
+
+# --- through the proxy ---
+
+@pytest.fixture
+async def proxy(proxy_client):
+    return await proxy_client({"smollm2": local_model()})
+
+
+async def post(client, body, headers=None):
+    return await client.post("/v1/chat/completions", data=orjson.dumps({"model": "smollm2", **body}),
+                             headers={"Content-Type": "application/json", **(headers or {})})
+
+
+async def test_streamed_equals_non_streamed_at_temperature_0(proxy):
+    body = {"messages": MSG, "temperature": 0, "max_tokens": 30}
+    full = await (await post(proxy, body)).json()
+    raw = await (await post(proxy, {**body, "stream": True, "stream_options": {"include_usage": True}})).read()
+    chunks = [orjson.loads(b[6:]) for b in raw.split(b"\n\n") if b.startswith(b"data: {")]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == full["choices"][0]["message"]["content"]
+    assert chunks[-1]["usage"] == full["usage"]
+    rec = chunks[-1]["edgemeter"]
+    assert rec["backend"] == "llama.cpp" and rec["compute_j"] > 0 and rec["compute_energy_method"]
+    assert rec["energy_per_token_j"] == pytest.approx(rec["compute_j"] / rec["completion_tokens"])
+
+
+async def test_metrics_served_while_generating(proxy):
+    task = asyncio.create_task(post(proxy, {"messages": MSG, "temperature": 0, "max_tokens": 150}))
+    await asyncio.sleep(0.3)
+    t = time.perf_counter()
+    r = await proxy.get("/metrics")
+    took = time.perf_counter() - t
+    text = await r.text()
+    running = [line for line in text.splitlines() if line.startswith("edgemeter_num_requests_running{")
+               and 'model="smollm2"' in line]
+    assert r.status == 200 and not task.done()
+    assert running and float(running[0].rsplit(" ", 1)[1]) == 1.0  # answered mid-generation
+    assert took < 1.0
+    await task
+
+
+async def test_client_disconnect_cancels_generation(proxy):
+    import aiohttp
+    url = proxy.make_url("/v1/chat/completions")
+    async with aiohttp.ClientSession() as s:
+        async with s.post(url, json={"model": "smollm2", "messages": MSG, "max_tokens": 1000, "stream": True,
+                                     "temperature": 0}) as r:
+            await r.content.readline()
+    backend = proxy.server.app[__import__("proxy.app", fromlist=["ROUTER"]).ROUTER].backends["smollm2"]
+    for _ in range(100):
+        if backend.active == 0 and backend.slots.qsize() == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert backend.active == 0 and backend.slots.qsize() == 1
+    text = await (await proxy.get("/metrics")).text()
+    assert any('status="499"' in line for line in text.splitlines() if line.startswith("edgemeter_requests_total"))
+
+
+async def test_queue_time_reported(proxy):
+    body = {"messages": MSG, "temperature": 0, "max_tokens": 40}
+    a, b = await asyncio.gather(post(proxy, body), post(proxy, body))
+    queues = sorted([(await a.json())["edgemeter"]["queue_s"], (await b.json())["edgemeter"]["queue_s"]])
+    assert queues[0] < 0.05 and queues[1] > queues[0]
