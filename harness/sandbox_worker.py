@@ -134,7 +134,7 @@ def _limit(job):
                        (resource.RLIMIT_NOFILE, 256), (resource.RLIMIT_CORE, 0)):
         resource.setrlimit(res, (value, value))
     cpu = max(1, int(job["cpu_s"] + 0.999))
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))  # hard = soft: SIGKILL (a PID-namespace init ignores SIGXCPU)
     if job.get("nproc"):
         resource.setrlimit(resource.RLIMIT_NPROC, (job["nproc"], job["nproc"]))
 

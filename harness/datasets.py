@@ -1,0 +1,102 @@
+"""Benchmark tasks read from the data sets as their authors published them.
+
+GSM8K (test, 1,319), MBPP (the standard test split, task_ids 11-510) and HumanEval
+(164). Each loader yields ``Task``s holding what the agent is shown (``prompt``) and
+what the grader needs (``data``); ``reference`` is the dataset's own solution, used to
+validate the graders.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+DATASETS = ("gsm8k", "mbpp", "humaneval")
+
+
+@dataclass(frozen=True)
+class Task:
+    dataset: str
+    id: str
+    prompt: str
+    reference: str
+    data: dict
+
+    @property
+    def kind(self) -> str:
+        return "math" if self.dataset == "gsm8k" else "code"
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("EDGEMETER_DATA") or Path.cwd().parent / "shared" / "data")
+
+
+def _jsonl(path: Path) -> list[dict]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _gsm8k(root: Path) -> list[Task]:
+    tasks = []
+    for i, row in enumerate(_jsonl(root / "gsm8k" / "test.jsonl")):
+        answer = row["answer"].rsplit("####", 1)[1].strip().replace(",", "")
+        tasks.append(Task("gsm8k", str(i), row["question"], answer, {"answer": answer}))
+    return tasks
+
+
+def _mbpp_entry_point(row: dict) -> str:
+    m = re.search(r"assert\s+(?:not\s+)?\(?\s*(?:set\()?\s*(?:math\.isclose\()?\s*([A-Za-z_]\w*)\s*\(", row["test_list"][0])
+    return m.group(1) if m else ""
+
+
+def _mbpp(root: Path) -> list[Task]:
+    tasks = []
+    for row in _jsonl(root / "mbpp" / "mbpp.jsonl"):
+        if not 11 <= row["task_id"] <= 510:
+            continue
+        name = _mbpp_entry_point(row)
+        prompt = (f"{row['text']}\nWrite a Python function named `{name}`. Your code should pass these tests:\n"
+                  + "\n".join(row["test_list"]))
+        tasks.append(Task("mbpp", str(row["task_id"]), prompt, row["code"],
+                          {"test_list": row["test_list"], "test_setup_code": row["test_setup_code"],
+                           "entry_point": name}))
+    return tasks
+
+
+def _humaneval(root: Path) -> list[Task]:
+    tasks = []
+    for row in _jsonl(root / "humaneval" / "HumanEval.jsonl.gz"):
+        prompt = ("Complete this Python function. Reply with the whole function, including its signature.\n"
+                  + row["prompt"])
+        tasks.append(Task("humaneval", row["task_id"].split("/")[1], prompt, row["prompt"] + row["canonical_solution"],
+                          {"prompt": row["prompt"], "test": row["test"], "entry_point": row["entry_point"]}))
+    return tasks
+
+
+_LOADERS = {"gsm8k": _gsm8k, "mbpp": _mbpp, "humaneval": _humaneval}
+
+
+def load(dataset: str, data_dir: str | os.PathLike | None = None) -> list[Task]:
+    if dataset not in _LOADERS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
+    root = Path(data_dir) if data_dir else default_data_dir()
+    return _LOADERS[dataset](root)
+
+
+def select(tasks: list[Task], *, limit: int | None = None, ids: list[str] | None = None,
+           seed: int | None = None) -> list[Task]:
+    """Pick tasks: by ``ids`` (in the order given), else a seeded random sample, else the first ``limit``."""
+    if ids:
+        by_id = {t.id: t for t in tasks}
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise ValueError(f"unknown task ids: {', '.join(missing[:10])}")
+        tasks = [by_id[i] for i in ids]
+    elif seed is not None:
+        tasks = random.Random(seed).sample(tasks, len(tasks))
+    return tasks[:limit] if limit else tasks
