@@ -32,6 +32,7 @@ HEADER = 52                   # IP + TCP + timestamp option
 PACKET = MSS + HEADER         # one mahimahi delivery opportunity (facts §5, S17)
 IW = min(10 * MSS, max(2 * MSS, 14600))  # RFC 6928 initial window, 14480 B (facts §5, S25)
 RTO_MIN = 0.2                 # Linux TCP_RTO_MIN = HZ/5 (include/net/tcp.h)
+RTO_MAX = 120.0               # Linux TCP_RTO_MAX = 120*HZ: where backoff stops doubling
 
 
 def segments(nbytes: int) -> int:
@@ -262,7 +263,7 @@ class Loss:
                 backoff = self.rto
                 while lost():
                     cost += backoff
-                    backoff *= 2
+                    backoff = min(2 * backoff, RTO_MAX)
                 if cost > extra:
                     extra = cost
         at = t + extra

@@ -59,7 +59,8 @@ def test_rapl_missing_is_unavailable(tmp_path):
 
 
 def test_busy_cpu_excludes_idle_and_iowait(tmp_path):
-    assert busy_cpu_s(stat_file(tmp_path, busy_ticks=250, idle_ticks=9000)) == pytest.approx(250 / os.sysconf("SC_CLK_TCK"))
+    busy = busy_cpu_s(stat_file(tmp_path, busy_ticks=250, idle_ticks=9000))
+    assert busy == pytest.approx(250 / os.sysconf("SC_CLK_TCK"))
 
 
 def test_measured_energy_is_interpolated_and_shared_by_cpu_time(powercap, tmp_path):

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from proxy.link import (IW, MSS, PACKET, PRESETS, Bandwidth, Bernoulli, DelaySplit, GilbertElliott, Latency,
-                        Link, Loss, NetworkPreset, SlowStart, TraceBandwidth, load_trace, presets_from_config,
+                        Link, Loss, SlowStart, TraceBandwidth, load_trace, presets_from_config,
                         segments, wire_bytes)
 
 
@@ -145,7 +145,7 @@ def test_gilbert_elliott_steady_state_rate_and_bursts():
     model = GilbertElliott(p=0.01, r=0.3, loss_bad=0.8, loss_good=0.001, rng=random.Random(11))
     draws = [model.lost() for _ in range(400_000)]
     assert sum(draws) / len(draws) == pytest.approx(model.mean, rel=0.05)
-    after_loss = [b for a, b in zip(draws, draws[1:]) if a]
+    after_loss = [b for a, b in zip(draws, draws[1:], strict=False) if a]
     assert sum(after_loss) / len(after_loss) > 5 * model.mean  # losses come in bursts
 
 
@@ -153,7 +153,7 @@ def test_simple_gilbert_burst_length():
     # 1-h = 1, 1-k = 0: every packet in Bad is lost, so P(loss | loss) = P(stay Bad) = 1 - r
     model = GilbertElliott(p=0.02, r=0.25, loss_bad=1.0, loss_good=0.0, rng=random.Random(2))
     draws = [model.lost() for _ in range(300_000)]
-    after_loss = [b for a, b in zip(draws, draws[1:]) if a]
+    after_loss = [b for a, b in zip(draws, draws[1:], strict=False) if a]
     assert sum(after_loss) / len(after_loss) == pytest.approx(0.75, abs=0.02)
 
 
