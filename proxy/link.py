@@ -470,7 +470,7 @@ class Link:
     """
     __slots__ = ("preset", "up", "down", "radio", "_chains", "_radio")
 
-    def __init__(self, preset: NetworkPreset | str, seed: int = 0):
+    def __init__(self, preset: NetworkPreset | str, seed: int | str = 0):
         self.preset = preset = PRESETS[preset] if isinstance(preset, str) else preset
         self.up = _chain(preset, "up", seed)
         self.down = _chain(preset, "down", seed)
