@@ -1,41 +1,50 @@
-"""Simulated devices: one link (proxy.link) and one radio (proxy.radio) per (device id, network).
+"""Simulated devices: one ``proxy.link.Link`` (stage chains plus radio) per (device id, network).
 
 Concurrent requests from one device share its link, so their bytes queue behind each
-other, and its radio, so one request's transfer keeps the radio up for the next. The
-same ``Device.send`` serves the live proxy and trace replay, so both cost traffic the
-same way.
+other, and its radio, so one request's transfer keeps the radio up for the next.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
 
+from . import metrics as m
 from .link import PRESETS, Link, presets_from_config
-from .radio import RADIO_PROFILES, Radio
 
 
 class Device:
+    __slots__ = ("network", "link", "exported")
+
     def __init__(self, network: str, preset, seed: int):
         self.network = network
         self.link = Link(preset, seed)
-        self.radio_name = preset.radio
-        self.radio = Radio(RADIO_PROFILES[preset.radio])
+        self.exported = {"promotions": 0}  # radio totals already added to the Prometheus counters
 
     def send(self, direction: str, t: float, nbytes: int, tally) -> float:
-        """Offer ``nbytes`` at ``t`` in ``direction``; record delay and radio energy in ``tally``
-        (a meter.NetTally); return when the last byte arrives."""
-        promotion = self.radio.promotion_delay(t)  # an idle radio must connect before any byte moves
-        d = self.link.send(direction, t + promotion, nbytes)
-        start = max(t + promotion, d.at - d.split.serialization)
-        up, down = (nbytes, 0) if direction == "up" else (0, nbytes)
-        charge = self.radio.transfer(start, d.at, up, down)
-        split = d.split.as_dict()
-        split["promotion"] = promotion
-        tally.record(direction, split, charge.total_j)
+        """Offer ``nbytes`` at ``t``; record the delay and radio energy in ``tally`` (a meter.NetTally);
+        return when the last byte arrives."""
+        d = self.link.send(direction, t, nbytes, tally.charge)
+        tally.record(direction, d.split)
         return d.at
+
+    def export(self, now: float) -> None:
+        """Bring the radio up to ``now`` and add what it spent since the last export to the counters."""
+        radio, radio_name = self.link.radio, self.link.preset.radio
+        radio.advance(now)
+        for state, joules in radio.energy_j.items():
+            seconds = radio.time_s[state]
+            old_j, old_s = self.exported.get(state, (0.0, 0.0))
+            if joules > old_j:
+                m.RADIO_ENERGY.labels(self.network, radio_name, state).inc(joules - old_j)
+            if seconds > old_s:
+                m.RADIO_TIME.labels(self.network, radio_name, state).inc(seconds - old_s)
+            self.exported[state] = (joules, seconds)
+        if radio.promotions > self.exported["promotions"]:
+            m.RADIO_PROMOTIONS.labels(self.network, radio_name).inc(radio.promotions - self.exported["promotions"])
+            self.exported["promotions"] = radio.promotions
 
 
 class Devices:
-    """Device links by (id, network), least recently used dropped past ``max_devices``."""
+    """Device links by (id, network); the least recently used is dropped past ``max_devices``."""
 
     def __init__(self, presets: dict, seed: int, max_devices: int):
         self.presets = presets
@@ -45,9 +54,12 @@ class Devices:
 
     @classmethod
     def from_config(cls, config) -> "Devices":
-        presets = {**PRESETS, **presets_from_config(config.networks)}
+        from .config import ConfigError
+        try:
+            presets = {**PRESETS, **presets_from_config(config.networks)}
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if config.defaults.network not in presets:
-            from .config import ConfigError
             raise ConfigError(f"defaults.network: unknown preset {config.defaults.network!r} "
                               f"(known: {', '.join(presets)})")
         return cls(presets, config.server.seed, config.server.max_devices)
@@ -56,9 +68,8 @@ class Devices:
         key = (device_id, network)
         dev = self.devices.get(key)
         if dev is None:
-            # Each device's randomness is its own, so one device's traffic never shifts another's.
-            dev = Device(network, self.presets[network], hash((self.seed, device_id, network)) & 0xFFFFFFFF)
-            self.devices[key] = dev
+            # Each device draws its own randomness, so one device's traffic never shifts another's.
+            dev = self.devices[key] = Device(network, self.presets[network], f"{self.seed}:{device_id}")
             if len(self.devices) > self.max_devices:
                 self.devices.popitem(last=False)
         else:
@@ -66,14 +77,12 @@ class Devices:
         return dev
 
     def export(self, now: float) -> None:
-        """Bring every radio's totals up to ``now`` and publish them (called on /metrics scrape)."""
-        from . import metrics as m
+        """Publish every radio's totals and how many devices sit in each state (on /metrics scrape)."""
         counts: dict[tuple[str, str, str], int] = {}
         for dev in self.devices.values():
-            dev.radio.advance(now)
-            key = (dev.network, dev.radio_name, dev.radio.state)
+            dev.export(now)
+            key = (dev.network, dev.link.preset.radio, dev.link.radio.state)
             counts[key] = counts.get(key, 0) + 1
-            dev.radio.export(m, dev.network, dev.radio_name)
         m.RADIO_DEVICES.clear()
-        for (network, radio, state), n in counts.items():
-            m.RADIO_DEVICES.labels(network, radio, state).set(n)
+        for labels, n in counts.items():
+            m.RADIO_DEVICES.labels(*labels).set(n)

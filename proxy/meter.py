@@ -15,8 +15,9 @@ import uuid
 import orjson
 
 from . import metrics as m
+from .link import DELAY_PARTS, DelaySplit
+from .radio import RadioCharge
 
-DELAY_PARTS = ("propagation", "serialization", "queueing", "retransmission", "promotion")
 
 
 class NetTally:
@@ -25,26 +26,30 @@ class NetTally:
     Upstream transfers add up (the client waits for each). Downstream chunks overlap
     generation, so summing their delays would overstate the wait; what the client still
     waits at the end is the last chunk's delay, so that is what counts for ``down``.
+    Radio energy accrues in ``charge``, whose tail the radio settles later (see proxy.radio).
     """
-    __slots__ = ("up", "down", "radio_j")
+    __slots__ = ("up", "down", "charge")
 
     def __init__(self):
-        self.up = dict.fromkeys(DELAY_PARTS, 0.0)
-        self.down = dict.fromkeys(DELAY_PARTS, 0.0)
-        self.radio_j = 0.0
+        self.up = DelaySplit()
+        self.down = DelaySplit()
+        self.charge = RadioCharge()
 
-    def record(self, direction: str, split: dict, radio_j: float) -> None:
+    def record(self, direction: str, split: DelaySplit) -> None:
         if direction == "up":
-            for k, v in split.items():
-                self.up[k] += v
+            for part in DELAY_PARTS:
+                setattr(self.up, part, getattr(self.up, part) + getattr(split, part))
         else:
             self.down = split
-        self.radio_j += radio_j
 
     @property
     def added_s(self) -> float:
         """Wall time the simulated network added to what the client saw."""
-        return sum(self.up.values()) + sum(self.down.values())
+        return self.up.total + self.down.total
+
+    @property
+    def radio_j(self) -> float:
+        return self.charge.total_j
 
 
 class RequestMeter:
@@ -134,10 +139,10 @@ class RequestMeter:
             m.GEN_TOKENS.labels(*lab).inc(self.completion_tokens)
             m.REQ_PROMPT_TOKENS.labels(*lab).observe(self.prompt_tokens)
             m.REQ_GEN_TOKENS.labels(*lab).observe(self.completion_tokens)
-        delay = {p: self.net.up[p] + self.net.down[p] for p in DELAY_PARTS}
+        delay = {p: getattr(self.net.up, p) + getattr(self.net.down, p) for p in DELAY_PARTS}
         for direction, split in (("up", self.net.up), ("down", self.net.down)):
-            for part, v in split.items():
-                if v:
+            for part in DELAY_PARTS:
+                if v := getattr(split, part):
                     m.NET_DELAY_PART.labels(*lab, direction, part).inc(v)
         m.NET_DELAY.labels(*lab).observe(self.net.added_s)
         if self.net.radio_j:

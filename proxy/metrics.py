@@ -55,7 +55,7 @@ NET_DELAY = Histogram("edgemeter_network_delay_seconds", "Simulated network dela
                       buckets=LATENCY_BUCKETS)
 NET_DELAY_PART = Counter("edgemeter_network_delay_component_seconds",
                          "Simulated delay by component (propagation, serialization, queueing, "
-                         "retransmission, promotion) and direction.", REQ + ("direction", "component"))
+                         "retransmission, promotion, slow_start) and direction.", REQ + ("direction", "component"))
 RADIO_ENERGY = Counter("edgemeter_radio_energy_joules", "Radio energy of simulated devices by RRC state.",
                        ("network", "radio", "state"))
 RADIO_TIME = Counter("edgemeter_radio_state_seconds", "Time simulated radios spent in each RRC state.",
