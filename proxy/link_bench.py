@@ -12,6 +12,9 @@ Virtual clock, per preset (the link does not care whose clock it is):
            configured rate. Target: error <= 3%.
   loss     4 KB chunks (3 segments) 0.5 s apart on the full preset: lost segments / sent.
   us/send  cost of one ``send`` with the full preset (radio included), SSE-sized chunks.
+A second table prices one typical streamed chat request per preset, from a cold radio:
+2 KB up, 0.5 s to the first token, then 200 frames of 150 B every 20 ms; what the link
+added to first-frame and last-frame arrival, and the radio energy charged to it.
 Real time: one preset driven by asyncio: a request goes up, then a frame every 5 ms
 comes down, each released with ``asyncio.sleep`` at its scheduled arrival; lateness =
 actual release - scheduled. Frames 5 ms apart with tens of ms of jitter often wait for
@@ -27,6 +30,7 @@ import time
 from dataclasses import replace
 
 from .link import PRESETS, Link, Loss, NetworkPreset, wire_bytes
+from .radio import RadioCharge
 
 
 def _clean(p: NetworkPreset) -> NetworkPreset:
@@ -84,6 +88,25 @@ def virtual_table(names: list[str], n: int, seed: int) -> list[str]:
     return rows
 
 
+def request_cost(p: NetworkPreset, seed: int) -> tuple[float, float, RadioCharge]:
+    link, charge = Link(p, seed), RadioCharge()
+    up = link.send("up", 0.0, 2048, charge).at
+    frames = [link.send("down", up + 0.5 + i * 0.02, 150, charge).at for i in range(200)]
+    link.radio.advance(frames[-1] + 60.0)  # let the tail run out so it is settled
+    return frames[0] - 0.5, frames[-1] - (0.5 + 199 * 0.02), charge
+
+
+def request_table(names: list[str], seed: int) -> list[str]:
+    rows = ["| preset | radio | added to first frame ms | added to last frame ms | promotion J | active J "
+            "| tail J | radio J |", "|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        p = PRESETS[name]
+        first, last, c = request_cost(p, seed)
+        rows.append(f"| {name} | {p.radio} | {first * 1e3:.1f} | {last * 1e3:.1f} | {c.promotion_j:.3f} | "
+                    f"{c.active_j:.3f} | {c.tail_j:.3f} | {c.total_j:.3f} |")
+    return rows
+
+
 async def realtime(name: str, frames: int, seed: int) -> dict[str, float]:
     """A request goes up (waking the radio), then frames produced every 5 ms come down
     and are released on the event loop at their scheduled arrival."""
@@ -131,6 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         ap.error(f"unknown preset(s): {', '.join(unknown)}")
     print("\n".join(virtual_table(names, a.chunks, a.seed)))
+    print()
+    print("\n".join(request_table(names, a.seed)))
     if not a.no_realtime:
         r = asyncio.run(realtime(a.realtime, a.frames, a.seed))
         print(f"\nReal time ({a.realtime}, request up then {r['frames']} frames down 5 ms apart, asyncio.sleep to "

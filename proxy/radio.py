@@ -13,7 +13,9 @@ time it added beyond what earlier transfers already kept busy, its own bytes, an
 tail after it if it is the last transfer so far. That tail is provisional: it is
 charged in full and settled to what was really spent when the next transfer cuts it
 short (or when ``advance`` passes its end); ``RadioCharge.pending`` says which. The
-device totals (``energy_j``/``time_s`` by state) only ever count energy already spent.
+gaps between a streamed response's own frames are such cut-short tails, so its
+``tail_j`` holds the radio's inter-frame energy as well as the final tail. The device
+totals (``energy_j``/``time_s`` by state) only ever count energy already spent.
 """
 from __future__ import annotations
 
