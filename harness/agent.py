@@ -28,7 +28,7 @@ _SYSTEM = {
                "write_file for files, and call submit with the final answer: only the number for a math "
                "problem, the complete function for a coding task."),
 }
-_FINAL = re.compile(r"^\W*final answer\W*?[:\-]?[ \t]*", re.I | re.M)
+_FINAL = re.compile(r"^[ \t*#>_]*final answer[ \t*_]*[:\-]?[ \t*_]*", re.I | re.M)  # also **Final Answer:**
 _PY_BLOCK = re.compile(r"```[ \t]*(?:python|py|python3)[ \t]*\n(.*?)```", re.S | re.I)
 
 
