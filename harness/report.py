@@ -121,14 +121,17 @@ def markdown(sums: list[dict], info: dict, ks: list[int]) -> str:
         row = [s["dataset"], _label(s), f"{s['attempts']} ({s['errors']} err)", acc, *[_fmt(s[p]) for p in pk],
                f"{_fmt(s['wall_s_p50'])} / {_fmt(s['wall_s_p90'])}", _fmt(s["ttft_s_p50"]),
                f"{_fmt(s['prompt_tokens_mean'])} / {_fmt(s['completion_tokens_mean'])}", _fmt(s["net_share"]),
-               _fmt(s["energy_j_mean"]), _fmt(s["energy_j_per_solved"]), _fmt(s["solved_per_agent_hour"])]
+               _fmt(s["energy_j_mean"]) + (f" ± {_fmt(s['energy_j_std'])}" if s["energy_j_std"] else ""),
+               _fmt(s["energy_j_per_solved"]), _fmt(s["solved_per_agent_hour"])]
         lines.append("| " + " | ".join(row) + " |")
-    head = ["dataset", "mode / network / model", "wall s mean ± std", "model calls s", "network delay s", "tools s",
+    head = ["dataset", "mode / network / model", "wall s mean ± std [95% CI]", "model calls s", "network delay s", "tools s",
             "turns", "tool calls", "ITL ms", "tokens/s", "radio J", "compute J"]
     lines += ["", "## Latency breakdown (means per task)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in sums:
         itl = None if s["itl_s_mean"] is None else s["itl_s_mean"] * 1000
-        row = [s["dataset"], _label(s), f"{_fmt(s['wall_s_mean'])} ± {_fmt(s['wall_s_std'])}", _fmt(s["llm_s_mean"]),
+        wci = s["wall_s_ci95"]
+        wall = f"{_fmt(s['wall_s_mean'])} ± {_fmt(s['wall_s_std'])}" + (f" [{_fmt(wci[0])}, {_fmt(wci[1])}]" if wci else "")
+        row = [s["dataset"], _label(s), wall, _fmt(s["llm_s_mean"]),
                _fmt(s["net_delay_s_mean"]), _fmt(s["tool_s_mean"]), _fmt(s["turns_mean"]),
                _fmt(s["tool_calls_mean"]), _fmt(itl), _fmt(s["tokens_per_s"]), _fmt(s["radio_j_mean"]),
                _fmt(s["compute_j_mean"])]

@@ -219,6 +219,14 @@ class Runner:
         await asyncio.gather(*(agent_slot(i) for i in range(concurrency)))
 
 
+async def _default_model(client: OpenAIClient) -> str | None:
+    """The server's first model, for sweep points that name none."""
+    try:
+        return (await client.models() or [None])[0]
+    except Exception as e:  # noqa: BLE001 - any failure here means the same thing to the user
+        raise SystemExit(f"cannot list models at {client.base_url} ({e}); pass --models") from e
+
+
 def plan(tasks: list[datasets.Task], combos: list[Combo], n: int, repeats: int) -> list[Job]:
     return [Job(t, c, s, r) for c in combos for t in tasks for s in range(n) for r in range(repeats)]
 
@@ -240,8 +248,7 @@ async def _run(args) -> int:
     results = ResultsFile(out / "results.jsonl")
     async with OpenAIClient(args.base_url, api_key=args.api_key, timeout_s=args.timeout,
                             max_connections=max(4, 2 * concurrency)) as client:
-        default_model = None if (args.models or args.sweep) else (await client.models() or [None])[0]
-        combos = load_combos(args, default_model)
+        combos = load_combos(args, None if _csv(args.models) else await _default_model(client))
         done = results.done_keys()
         jobs = [j for j in plan(tasks, combos, args.n, repeats) if j.key() not in done]
         with Sandbox(concurrency + 1) as sandbox:
