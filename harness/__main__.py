@@ -7,6 +7,7 @@ Commands:
   load        load generator (synchronous, concurrency, constant/Poisson rate, sweep)
   overhead    the proxy's own cost: direct vs through the proxy against a fast upstream
   replay      cost recorded agent traces under other modes, networks and radios
+  soak        many concurrent streams through the proxy for a while: errors, memory, token accounting
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ COMMANDS = {
     "load": "harness.load",
     "overhead": "harness.overhead",
     "replay": "harness.replay",
+    "soak": "harness.soak",
 }
 
 
