@@ -26,6 +26,7 @@ PR_SET_PDEATHSIG, SIGKILL = 1, 9
 _MOUNT_FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC}
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_unshare_fn, _mount_fn, _prctl_fn = (getattr(_libc, n, None) for n in ("unshare", "mount", "prctl"))  # Linux only
 _out = None  # the result channel
 
 
@@ -34,11 +35,11 @@ def _send(**msg):
 
 
 def _unshare(flags):
-    return _libc.unshare(flags) == 0
+    return _unshare_fn is not None and _unshare_fn(flags) == 0
 
 
-def _mount(src, target, flags):
-    return _libc.mount(src, target.encode(), None, flags, None) == 0
+def _mount(src, target, flags, fstype=None, data=None):
+    return _mount_fn is not None and _mount_fn(src, target.encode(), fstype, flags, data) == 0
 
 
 def _mounts():
@@ -74,7 +75,7 @@ def _hide_homes():
         inside = [p for p in inside if not any(p.startswith(q + "/") for q in inside)]  # outermost only
         fds = [(p, os.open(p, os.O_PATH)) for p in inside]
         try:
-            if _libc.mount(b"tmpfs", home.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"size=64k,mode=0755") != 0:
+            if not _mount(b"tmpfs", home, MS_NOSUID | MS_NODEV, b"tmpfs", b"size=64k,mode=0755"):
                 continue
             for p, fd in fds:
                 os.makedirs(p, exist_ok=True)
@@ -115,7 +116,8 @@ def isolate(root):
 
 def _die_with_parent():
     """SIGKILL when the parent goes (a killed harness must not leave code running)."""
-    _libc.prctl(PR_SET_PDEATHSIG, SIGKILL)
+    if _prctl_fn is not None:
+        _prctl_fn(PR_SET_PDEATHSIG, SIGKILL)
 
 
 def _own_tree(path, uid):
