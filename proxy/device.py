@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from . import metrics as m
-from .link import PRESETS, Link, presets_from_config
+from .link import Link, presets_from_config
 
 
 class Device:
@@ -56,7 +56,7 @@ class Devices:
     def from_config(cls, config) -> "Devices":
         from .config import ConfigError
         try:
-            presets = {**PRESETS, **presets_from_config(config.networks)}
+            presets = presets_from_config(config.networks)  # built-ins plus config.yaml's
         except ValueError as e:
             raise ConfigError(str(e)) from None
         if config.defaults.network not in presets:
