@@ -141,6 +141,7 @@ async def generate(request: web.Request, kind: str) -> web.StreamResponse:
             await sleep_until(route.up.send("up", time.perf_counter(), nbytes, meter.net))
         events = route.backend.generate(GenRequest(kind, route.model, body))
         if stream:
+            events = await primed(events)  # failures before the first token keep their HTTP status
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                                    "X-Request-Id": meter.request_id})
             await response.prepare(request)
@@ -159,6 +160,31 @@ async def generate(request: web.Request, kind: str) -> web.StreamResponse:
     except (ConnectionResetError, asyncio.CancelledError):
         finish(request, route, meter, 499, "client_disconnected")  # nginx's code for "client closed request"
         raise
+
+
+async def primed(events):
+    """Read ahead to the first event the client will see, then replay everything read.
+    An upstream refusal, 4xx/5xx or a prompt too long for the context surfaces here, while
+    the response can still carry the right status instead of an in-stream error event."""
+    head = []
+    try:
+        async for ev in events:
+            head.append(ev)
+            if isinstance(ev, (TextDelta, ToolCallDelta, Finish)):
+                break
+    except BaseException:
+        await events.aclose()
+        raise
+
+    async def replay():
+        try:
+            for ev in head:
+                yield ev
+            async for ev in events:
+                yield ev
+        finally:
+            await events.aclose()
+    return replay()
 
 
 def finish(request: web.Request, route: Route, meter: RequestMeter, status: int, cause: str | None) -> dict:

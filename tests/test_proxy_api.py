@@ -172,6 +172,12 @@ async def test_upstream_http_failures_map_to_openai_errors(proxy, script, status
     assert f'cause="{cause}"' in metrics
 
 
+@pytest.mark.parametrize("script,status", [("500", 502), ("400json", 400), ("stall", 504)])
+async def test_streamed_request_failing_before_first_token_keeps_http_status(proxy, script, status):
+    r = await post(proxy, {"model": script, "messages": MSG, "stream": True})
+    assert r.status == status and (await r.json())["error"]["message"]
+
+
 @pytest.mark.parametrize("script,cause", [("reset", "upstream_reset"), ("malformed", "upstream_malformed"),
                                           ("stream_error", "upstream_stream_error"), ("nodone", "upstream_incomplete")])
 async def test_mid_stream_failures_end_with_sse_error_event(proxy, script, cause):
