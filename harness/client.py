@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import aiohttp
 
@@ -140,8 +140,12 @@ class OpenAIClient:
         except aiohttp.ClientError as e:
             return {"error": f"{type(e).__name__}: {e}"}
 
-    async def chat(self, body: dict[str, Any], *, headers: dict[str, str] | None = None) -> CallResult:
-        """POST /chat/completions. Streams when ``body["stream"]`` is true (asking for the usage chunk)."""
+    async def chat(self, body: dict[str, Any], *, headers: dict[str, str] | None = None,
+                   on_delta: Callable[[float, dict], None] | None = None) -> CallResult:
+        """POST /chat/completions. Streams when ``body["stream"]`` is true (asking for the usage chunk).
+
+        ``on_delta(arrived, delta)`` is called for every content or tool-call delta of a
+        stream, with its ``time.perf_counter()`` arrival, e.g. to time chunks individually."""
         body = dict(body)
         if body.get("stream"):
             body["stream_options"] = {"include_usage": True, **(body.get("stream_options") or {})}
@@ -156,7 +160,7 @@ class OpenAIClient:
                     res.bytes_in = len(raw)
                     res.error = f"HTTP {resp.status}: {_error_text(raw)}"
                 elif body.get("stream"):
-                    await self._read_stream(resp, res, t0)
+                    await self._read_stream(resp, res, t0, on_delta)
                 else:
                     raw = await resp.read()
                     res.bytes_in = len(raw)
@@ -180,7 +184,8 @@ class OpenAIClient:
             res.error = str(data["error"])
 
     @staticmethod
-    async def _read_stream(resp: aiohttp.ClientResponse, res: CallResult, t0: float) -> None:
+    async def _read_stream(resp: aiohttp.ClientResponse, res: CallResult, t0: float,
+                           on_delta: Callable[[float, dict], None] | None = None) -> None:
         parts: list[str] = []
         calls: dict[int, dict] = {}
         last = None
@@ -211,6 +216,8 @@ class OpenAIClient:
                 if not (delta.get("content") or delta.get("tool_calls")):
                     continue
                 parts.append(delta.get("content") or "")
+                if on_delta is not None:
+                    on_delta(now, delta)
                 if last is None:
                     res.ttft_s = now - t0
                 else:
