@@ -1,0 +1,247 @@
+"""The Grafana dashboards and the Prometheus/Grafana setup in grafana/.
+
+The main test runs a real proxy and a real Prometheus scraping it every second, sends
+two waves of requests (local, hybrid and cloud modes over several network presets, one
+upstream failure, one request to the in-process SmolLM2), then evaluates every query of
+every panel through Prometheus' HTTP API: each must parse and return at least one finite
+value. The other tests lint the dashboard JSON and the provisioning and compose files.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import ROOT, local_model, make_config, wait_ready
+from tests.fake_upstream import make_app
+from tests.prom_fixture import Prometheus, PromQLError, finite, prometheus_binary
+
+GRAFANA = ROOT / "grafana"
+DS = {"type": "prometheus", "uid": "${datasource}"}
+REQ_LABELS = ("model", "backend", "mode", "network")
+
+# Grafana's values while a test runs: every variable at "All" (its allValue), and windows
+# long enough to cover the whole run, which lasts well under a minute.
+SUBSTITUTIONS = {"$__rate_interval": "1m", "$__range": "1m", "$model": ".*", "$backend": ".*", "$mode": ".*",
+                 "$network": ".*"}
+
+# Panels whose queries may come back empty after this short run: (dashboard uid, panel title) -> why.
+MAY_BE_EMPTY: dict[tuple[str, str], str] = {}
+
+# Traffic of one wave: (model, mode, network, expected HTTP status).
+WAVE = [("echo", "local", "local", 200), ("echo", "hybrid", "wifi", 200), ("echo", "hybrid", "4g", 200),
+        ("echo", "cloud", "5g", 200), ("echo", "cloud", "wifi", 200), ("500", "local", "local", 502),
+        ("smollm2", "local", "local", 200)]
+
+
+def dashboards() -> dict[str, dict]:
+    return {p.name: orjson.loads(p.read_bytes()) for p in sorted((GRAFANA / "dashboards").glob("*.json"))}
+
+
+def data_panels(dash: dict) -> list[dict]:
+    return [p for p in dash["panels"] if p["type"] != "row"]
+
+
+def substitute(expr: str) -> str:
+    # longest first, so $__range never eats the start of a longer variable name
+    for var in sorted(SUBSTITUTIONS, key=len, reverse=True):
+        expr = expr.replace(var, SUBSTITUTIONS[var])
+    assert "$" not in expr, f"unknown variable left in {expr}"
+    return expr
+
+
+def queries() -> list[tuple[str, dict, dict]]:
+    """(dashboard uid, panel, target) for every query of every panel."""
+    return [(d["uid"], p, t) for d in dashboards().values() for p in data_panels(d) for t in p["targets"]]
+
+
+def load_builder():
+    spec = importlib.util.spec_from_file_location("build_dashboards", GRAFANA / "build_dashboards.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --- static checks ---
+
+def test_committed_dashboards_are_what_the_builder_makes():
+    builder = load_builder()
+    assert set(builder.DASHBOARDS) == set(dashboards())
+    for name, build in builder.DASHBOARDS.items():
+        assert (GRAFANA / "dashboards" / name).read_text() == builder.render(build), \
+            f"{name} is stale: run python grafana/build_dashboards.py"
+
+
+def test_dashboard_json_is_well_formed():
+    uids = set()
+    for name, dash in dashboards().items():
+        assert dash["uid"] not in uids and dash["schemaVersion"] >= 39 and dash["title"]
+        uids.add(dash["uid"])
+        ids = [p["id"] for p in dash["panels"]]
+        assert len(ids) == len(set(ids)), f"{name}: duplicate panel ids"
+
+        variables = {v["name"]: v for v in dash["templating"]["list"]}
+        assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+        for label in REQ_LABELS:
+            v = variables[label]
+            assert v["type"] == "query" and v["datasource"] == DS and v["includeAll"] and v["allValue"] == ".*"
+            assert re.fullmatch(rf"label_values\(edgemeter_requests_total(\{{.*\}})?, {label}\)", v["definition"])
+            assert v["query"]["query"] == v["definition"]
+
+        boxes = []
+        for p in dash["panels"]:
+            g = p["gridPos"]
+            assert all(isinstance(g[k], int) for k in "xywh") and g["w"] > 0 and g["h"] > 0, p["title"]
+            assert 0 <= g["x"] and g["x"] + g["w"] <= 24, f"{name}: {p['title']} leaves the 24-column grid"
+            for other, o in boxes:
+                overlap = g["x"] < o["x"] + o["w"] and o["x"] < g["x"] + g["w"] and \
+                    g["y"] < o["y"] + o["h"] and o["y"] < g["y"] + g["h"]
+                assert not overlap, f"{name}: {p['title']!r} overlaps {other!r}"
+            boxes.append((p["title"], g))
+
+        for p in data_panels(dash):
+            assert p["datasource"] == DS, f"{name}: {p['title']} does not use ${{datasource}}"
+            assert p["targets"], f"{name}: {p['title']} has no query"
+            refs = [t["refId"] for t in p["targets"]]
+            assert len(refs) == len(set(refs))
+            for t in p["targets"]:
+                assert t["datasource"] == DS and t["expr"].strip()
+
+
+def test_monitoring_stack_files_fit_together():
+    compose = yaml.safe_load((GRAFANA / "docker-compose.yml").read_text())
+    prom, graf = compose["services"]["prometheus"], compose["services"]["grafana"]
+    # host networking: the proxy listens on the host's loopback by default
+    assert prom["network_mode"] == graf["network_mode"] == "host"
+
+    def mounts(service):
+        out = {}
+        for v in service["volumes"]:
+            src, dst = v.split(":")[:2]
+            if src.startswith("./"):
+                assert (GRAFANA / src).exists(), f"compose mounts missing {src}"
+                out[src] = dst
+        return out
+    prom_mounts, graf_mounts = mounts(prom), mounts(graf)
+    config_flag = next(a for a in prom["command"] if a.startswith("--config.file="))
+    assert prom_mounts["./prometheus.yml"] == config_flag.split("=", 1)[1]
+    listen = next(a for a in prom["command"] if a.startswith("--web.listen-address=")).split("=", 1)[1]
+
+    scrape = yaml.safe_load((GRAFANA / "prometheus.yml").read_text())
+    (job,) = scrape["scrape_configs"]
+    assert job["static_configs"][0]["targets"] == ["127.0.0.1:8080"] and scrape["global"]["scrape_interval"] == "5s"
+
+    provisioning = GRAFANA / "provisioning"
+    assert graf_mounts["./provisioning"] == "/etc/grafana/provisioning"
+    (source,) = yaml.safe_load((provisioning / "datasources" / "edgemeter.yml").read_text())["datasources"]
+    assert source["type"] == "prometheus" and source["url"] == f"http://{listen}"
+    assert source["jsonData"]["timeInterval"] == scrape["global"]["scrape_interval"]
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "edgemeter.yml").read_text())["providers"]
+    assert provider["type"] == "file" and graf_mounts["./dashboards"] == provider["options"]["path"]
+    home = graf["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith(provider["options"]["path"] + "/")
+    assert (GRAFANA / "dashboards" / home.rsplit("/", 1)[1]).exists()
+    for dash in dashboards().values():  # the dashboards open on the provisioned datasource
+        current = next(v for v in dash["templating"]["list"] if v["name"] == "datasource")["current"]
+        assert current["value"] == source["uid"]
+
+
+def test_promtool_accepts_the_scrape_config():
+    promtool = Path(prometheus_binary()).with_name("promtool")
+    if not promtool.exists():
+        promtool = shutil.which("promtool")
+    done = subprocess.run([str(promtool), "check", "config", str(GRAFANA / "prometheus.yml")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+# --- against a real Prometheus ---
+
+async def send(client, model: str, mode: str, network: str) -> int:
+    body = {"model": model, "messages": [{"role": "user", "content": "Say hi."}], "stream": True, "max_tokens": 4,
+            "n_tokens": 4, "temperature": 0}
+    async with client.post("/v1/chat/completions", data=orjson.dumps(body),
+                           headers={"Content-Type": "application/json", "X-Edgemeter-Mode": mode,
+                                    "X-Edgemeter-Network": network}) as r:
+        await r.read()
+        return r.status
+
+
+async def wave(client) -> None:
+    statuses = await asyncio.gather(*(send(client, m, mode, net) for m, mode, net, _ in WAVE))
+    assert list(statuses) == [s for *_, s in WAVE]
+
+
+@pytest.fixture
+async def proxy(aiohttp_server, aiohttp_client):
+    from proxy.app import create_app
+    upstream = await aiohttp_server(make_app())
+    base = str(upstream.make_url("/v1"))
+    config = make_config({"echo": {"backend": "upstream", "base_url": base, "model": "echo"},
+                          "500": {"backend": "upstream", "base_url": base, "model": "500"},
+                          "smollm2": local_model()})
+    server = await aiohttp_server(create_app(config))
+    await wait_ready(server)
+    return await aiohttp_client(server)
+
+
+async def test_every_panel_query_returns_data_from_prometheus(proxy, tmp_path):
+    prometheus_binary()  # skip before starting anything when there is no Prometheus
+    titles = {(uid, p["title"]) for uid, p, _ in queries()}
+    assert set(MAY_BE_EMPTY) <= titles, "the allowlist names a panel that does not exist"
+    async with Prometheus(f"{proxy.server.host}:{proxy.server.port}", tmp_path) as prom:
+        # Counters appear at their first increment, and rate() needs an increase between two
+        # samples: wave 1 creates every series, wave 2 moves them after a scrape has seen them.
+        await wave(proxy)
+        await prom.wait_scrapes(after=time.time(), n=1)
+        await wave(proxy)
+        await prom.wait_scrapes(after=time.time(), n=2)
+
+        labels_of: dict[str, set[str]] = {}  # sample name -> its label names, as the proxy exposes them
+        for family in text_string_to_metric_families(await (await proxy.get("/metrics")).text()):
+            for sample in family.samples:
+                labels_of.setdefault(sample.name, set()).update(sample.labels)
+        problems = []
+
+        for uid, panel, t in queries():
+            where = f"{uid} / {panel['title']!r} [{t['refId']}]"
+            for name in re.findall(r"\bedgemeter_\w+", t["expr"]):
+                if name not in labels_of:
+                    problems.append(f"{where}: {name} is not in the proxy's /metrics")
+            # every selector honours the variables for the labels its metric has
+            for name, matchers in re.findall(r"\b(edgemeter_\w+)\{([^}]*)\}", t["expr"]):
+                for label in set(REQ_LABELS) & labels_of.get(name, set()):
+                    if f'{label}=~"${label}"' not in matchers:
+                        problems.append(f"{where}: {name} ignores ${label}")
+            try:
+                values = await prom.query(substitute(t["expr"]))
+            except PromQLError as e:
+                problems.append(f"{where}: Prometheus rejected the query: {e}")
+                continue
+            if not finite(values) and (uid, panel["title"]) not in MAY_BE_EMPTY:
+                problems.append(f"{where}: no finite value ({values}) from {substitute(t['expr'])}")
+
+        # The variables' label_values(selector, label) become the label-values API.
+        expected = {"model": {"echo", "500", "smollm2"}, "backend": {"upstream", "llama.cpp"},
+                    "mode": {"local", "hybrid", "cloud"}, "network": {"local", "wifi", "4g", "5g"}}
+        for dash in dashboards().values():
+            for v in dash["templating"]["list"]:
+                if v["type"] != "query":
+                    continue
+                selector, label = re.fullmatch(r"label_values\((.+), (\w+)\)", v["definition"]).groups()
+                values = set(await prom.api(f"label/{label}/values", **{"match[]": substitute(selector)}))
+                if not expected[label] <= values:
+                    problems.append(f"{dash['uid']} variable {label}: {sorted(values)} lacks "
+                                    f"{sorted(expected[label] - values)}")
+
+        assert not problems, "\n".join(problems)
+
