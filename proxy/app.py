@@ -148,18 +148,23 @@ async def generate(request: web.Request, kind: str) -> web.StreamResponse:
             await stream_events(request, response, route, meter, events, kind, body)
             return response
         return await complete(request, route, meter, events, kind)
-    except (APIError, BackendError) as e:
-        err = e if isinstance(e, APIError) else APIError(e.status, e.message, type=e.type, param=e.param,
-                                                         code=e.code, cause=e.cause)
+    except (ConnectionResetError, asyncio.CancelledError):
+        finish(request, route, meter, 499, "client_disconnected")  # nginx's code for "client closed request"
+        raise
+    except Exception as e:
+        if isinstance(e, APIError):
+            err = e
+        elif isinstance(e, BackendError):
+            err = APIError(e.status, e.message, type=e.type, param=e.param, code=e.code, cause=e.cause)
+        else:  # a bug: still an OpenAI error (an SSE event once streaming) and the request's books closed
+            log.exception("unhandled error on %s", request.path)
+            err = APIError(500, "internal error in the proxy", type="server_error", code="internal_error")
         record = finish(request, route, meter, err.status, err.cause)
         if response is None:
             return err.response()
         # Headers are gone: an SSE error event, which the openai client raises as APIError.
         await response.write(b"data: " + orjson.dumps({**err.body(), "edgemeter": record}) + b"\n\n")
         return response
-    except (ConnectionResetError, asyncio.CancelledError):
-        finish(request, route, meter, 499, "client_disconnected")  # nginx's code for "client closed request"
-        raise
 
 
 async def primed(events):
