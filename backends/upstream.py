@@ -95,7 +95,6 @@ class UpstreamBackend(Backend):
                                cause="upstream_reset") from None
 
     async def _events(self, resp: aiohttp.ClientResponse, req: GenRequest) -> AsyncIterator[Event]:
-        text_key = "content" if req.kind == "chat" else None
         usage_seen = finished = done = False
         pieces: list[str] = []
         chunks = 0
@@ -118,28 +117,23 @@ class UpstreamBackend(Backend):
                 err = obj["error"] if isinstance(obj["error"], dict) else {"message": str(obj["error"])}
                 raise BackendError(f"upstream {self.name} error: {err.get('message', 'unknown')}", status=502,
                                    cause="upstream_stream_error")
-            for choice in obj.get("choices") or ():
-                if text_key:
-                    delta = choice.get("delta") or choice.get("message") or {}
-                    text = delta.get("content")
-                    for tc in delta.get("tool_calls") or ():
-                        fn = tc.get("function") or {}
-                        chunks += 1
-                        yield ToolCallDelta(index=tc.get("index", 0), id=tc.get("id"), name=fn.get("name"),
-                                            arguments=fn.get("arguments") or "")
-                else:
-                    text = choice.get("text")
-                if text:
-                    chunks += 1
-                    pieces.append(text)
-                    yield TextDelta(text)
-                if choice.get("finish_reason"):
+            try:
+                events = _parse_event(obj, req.kind == "chat")
+            except (AttributeError, TypeError, ValueError):
+                raise BackendError(f"upstream {self.name} sent an SSE event of the wrong shape", status=502,
+                                   cause="upstream_malformed") from None
+            for ev in events:
+                if isinstance(ev, Usage):
+                    if usage_seen:
+                        continue
+                    usage_seen = True
+                elif isinstance(ev, Finish):
                     finished = True
-                    yield Finish(choice["finish_reason"])
-            usage = obj.get("usage")
-            if usage and not usage_seen:
-                usage_seen = True
-                yield Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+                else:
+                    chunks += 1
+                    if isinstance(ev, TextDelta):
+                        pieces.append(ev.text)
+                yield ev
         if not done and not finished:
             raise BackendError(f"upstream {self.name} ended the stream without finishing", status=502,
                                cause="upstream_incomplete")
@@ -156,6 +150,46 @@ class UpstreamBackend(Backend):
                          source="tokenizer")
         # No tokenizer: the prompt is estimated at ~4 characters a token (OpenAI's rule of thumb).
         return Usage(math.ceil(len(_prompt_text(req)) / 4), chunks, source="chunks")
+
+
+def _parse_event(obj: dict, chat: bool) -> list[Event]:
+    """One SSE event's content as events. A field of the wrong type raises TypeError or
+    ValueError: a bad upstream must end as a 502, never as a crash in the proxy."""
+    out: list[Event] = []
+    for choice in obj.get("choices") or ():
+        if chat:
+            delta = choice.get("delta") or choice.get("message") or {}
+            text = delta.get("content")
+            for tc in delta.get("tool_calls") or ():
+                fn = tc.get("function") or {}
+                call = ToolCallDelta(index=tc.get("index", 0), id=tc.get("id"), name=fn.get("name"),
+                                     arguments=fn.get("arguments") or "")
+                if not (_is_int(call.index) and isinstance(call.arguments, str)
+                        and all(v is None or isinstance(v, str) for v in (call.id, call.name))):
+                    raise TypeError("tool call fields")
+                out.append(call)
+        else:
+            text = choice.get("text")
+        if text is not None and not isinstance(text, str):
+            raise TypeError("text")
+        if text:
+            out.append(TextDelta(text))
+        reason = choice.get("finish_reason")
+        if reason:
+            if not isinstance(reason, str):
+                raise TypeError("finish_reason")
+            out.append(Finish(reason))
+    usage = obj.get("usage")
+    if usage:
+        counts = [usage.get(k) or 0 for k in ("prompt_tokens", "completion_tokens")]
+        if not all(_is_int(n) and n >= 0 for n in counts):
+            raise ValueError("usage counts")
+        out.append(Usage(*counts))
+    return out
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _prompt_text(req: GenRequest) -> str:
