@@ -98,42 +98,50 @@ class UpstreamBackend(Backend):
         usage_seen = finished = done = False
         pieces: list[str] = []
         chunks = 0
-        async for line in resp.content:
-            if not line.startswith(b"data:"):
-                continue  # blank separators, comments (": ping"), event:/id: fields
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
-                done = True
+        rest = b""
+        while not done:
+            # A read's worth of lines at a time: one await per read, not one per line.
+            block = await resp.content.readany()
+            lines = (rest + block).split(b"\n")
+            rest = lines.pop() if block else b""  # at EOF an unterminated last line counts too
+            for line in lines:
+                if not line.startswith(b"data:"):
+                    continue  # blank separators, comments (": ping"), event:/id: fields
+                payload = line[5:].strip()
+                if payload == b"[DONE]":
+                    done = True
+                    break
+                try:
+                    obj = orjson.loads(payload)
+                except orjson.JSONDecodeError:
+                    raise BackendError(f"upstream {self.name} sent malformed SSE data", status=502,
+                                       cause="upstream_malformed") from None
+                if not isinstance(obj, dict):
+                    raise BackendError(f"upstream {self.name} sent a non-object SSE event", status=502,
+                                       cause="upstream_malformed")
+                if "error" in obj:
+                    err = obj["error"] if isinstance(obj["error"], dict) else {"message": str(obj["error"])}
+                    raise BackendError(f"upstream {self.name} error: {err.get('message', 'unknown')}", status=502,
+                                       cause="upstream_stream_error")
+                try:
+                    events = _parse_event(obj, req.kind == "chat")
+                except (AttributeError, TypeError, ValueError):
+                    raise BackendError(f"upstream {self.name} sent an SSE event of the wrong shape", status=502,
+                                       cause="upstream_malformed") from None
+                for ev in events:
+                    if isinstance(ev, Usage):
+                        if usage_seen:
+                            continue
+                        usage_seen = True
+                    elif isinstance(ev, Finish):
+                        finished = True
+                    else:
+                        chunks += 1
+                        if isinstance(ev, TextDelta):
+                            pieces.append(ev.text)
+                    yield ev
+            if not block:
                 break
-            try:
-                obj = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                raise BackendError(f"upstream {self.name} sent malformed SSE data", status=502,
-                                   cause="upstream_malformed") from None
-            if not isinstance(obj, dict):
-                raise BackendError(f"upstream {self.name} sent a non-object SSE event", status=502,
-                                   cause="upstream_malformed")
-            if "error" in obj:
-                err = obj["error"] if isinstance(obj["error"], dict) else {"message": str(obj["error"])}
-                raise BackendError(f"upstream {self.name} error: {err.get('message', 'unknown')}", status=502,
-                                   cause="upstream_stream_error")
-            try:
-                events = _parse_event(obj, req.kind == "chat")
-            except (AttributeError, TypeError, ValueError):
-                raise BackendError(f"upstream {self.name} sent an SSE event of the wrong shape", status=502,
-                                   cause="upstream_malformed") from None
-            for ev in events:
-                if isinstance(ev, Usage):
-                    if usage_seen:
-                        continue
-                    usage_seen = True
-                elif isinstance(ev, Finish):
-                    finished = True
-                else:
-                    chunks += 1
-                    if isinstance(ev, TextDelta):
-                        pieces.append(ev.text)
-                yield ev
         if not done and not finished:
             raise BackendError(f"upstream {self.name} ended the stream without finishing", status=502,
                                cause="upstream_incomplete")
