@@ -60,10 +60,14 @@ def _parse_time(s: str) -> float:
     return datetime.fromisoformat(f"{head}.{(frac or '0')[:6]:0<6}{zone}").timestamp()
 
 
+# Resolved before any fork: the child only calls it, taking no loader locks another thread may hold.
+_prctl = ctypes.CDLL(None).prctl if sys.platform == "linux" else None
+
+
 def _die_with_parent() -> None:
     """Runs in the child before exec: SIGTERM when the test process dies, even by a crash that
     skips ``__aexit__`` (Linux PR_SET_PDEATHSIG)."""
-    ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+    _prctl(1, signal.SIGTERM)
 
 
 class Prometheus:
@@ -87,7 +91,7 @@ class Prometheus:
             [prometheus_binary(), f"--config.file={config}", f"--storage.tsdb.path={self.workdir / 'tsdb'}",
              f"--web.listen-address={self.url.removeprefix('http://')}", "--log.level=warn"],
             stdout=subprocess.DEVNULL, stderr=self.log.open("wb"),
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+            preexec_fn=_die_with_parent if _prctl else None)
         self.session = aiohttp.ClientSession()
         try:
             await self._wait_ready()
