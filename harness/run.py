@@ -118,14 +118,21 @@ def _net_total(rec: dict) -> float:
     return float((v.get("total") if isinstance(v, dict) else v) or 0.0)
 
 
+def _completion_tokens(call: dict) -> tuple[int, bool]:
+    """(count, estimated): servers that send no usage in streams (llama-cpp-python's) are
+    counted one token per chunk."""
+    exact = call["completion_tokens"] or (call.get("edgemeter") or {}).get("completion_tokens")
+    return (exact, False) if exact else (call["chunks"], bool(call["chunks"]))
+
+
 def task_totals(llm_calls: list[dict], session: dict | None) -> dict:
     """Per-attempt tokens, network delay, bytes and energy. The proxy's session record, when
     there is one, is the authority: it adds the final answer's download in cloud mode."""
     recs = [c["edgemeter"] for c in llm_calls if c.get("edgemeter")]
+    counts = [_completion_tokens(c) for c in llm_calls]
     t = {"prompt_tokens": sum(c["prompt_tokens"] or (c.get("edgemeter") or {}).get("prompt_tokens") or 0
                               for c in llm_calls),
-         "completion_tokens": sum(c["completion_tokens"] or (c.get("edgemeter") or {}).get("completion_tokens") or 0
-                                  for c in llm_calls),
+         "completion_tokens": sum(n for n, _ in counts), "tokens_estimated": any(e for _, e in counts),
          "metered": bool(recs), "energy_source": "calls" if recs else None}
     t["net_delay_s"] = sum(_net_total(r) for r in recs) if recs else None
     for k in _ENERGY_KEYS:

@@ -39,7 +39,7 @@ def test_no_energy_record_means_not_available():
 
 
 def test_session_record_is_the_authority_for_task_totals():
-    calls = [{"prompt_tokens": 10, "completion_tokens": 5,
+    calls = [{"prompt_tokens": 10, "completion_tokens": 5, "chunks": 5,
               "edgemeter": {"radio_j": 1.0, "compute_j": 2.0, "bytes_up": 100, "bytes_down": 50,
                             "net_delay_s": {"total": 0.25}}}] * 2
     t = task_totals(calls, None)
@@ -47,8 +47,10 @@ def test_session_record_is_the_authority_for_task_totals():
     session = {"calls": 2, "radio_j": 2.5, "compute_j": 4.0, "bytes_up": 200, "bytes_down": 140, "net_delay_s": 0.9}
     t = task_totals(calls, session)
     assert t["energy_j"] == 6.5 and t["net_delay_s"] == 0.9 and t["energy_source"] == "session"
-    plain = task_totals([{"prompt_tokens": 3, "completion_tokens": 4, "edgemeter": None}], None)
-    assert plain["energy_j"] is None and not plain["metered"]
+    plain = task_totals([{"prompt_tokens": 3, "completion_tokens": 4, "chunks": 4, "edgemeter": None}], None)
+    assert plain["energy_j"] is None and not plain["metered"] and not plain["tokens_estimated"]
+    no_usage = task_totals([{"prompt_tokens": 0, "completion_tokens": 0, "chunks": 7, "edgemeter": None}], None)
+    assert no_usage["completion_tokens"] == 7 and no_usage["tokens_estimated"]
 
 
 def test_write_report_outputs(tmp_path):
