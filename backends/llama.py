@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import os
+import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,7 @@ from typing import AsyncIterator
 from .base import Backend, BackendError, Event, Finish, GenRequest, Scheduled, TextDelta, Usage
 from .sources import resolve_model
 
-SETTINGS = {"source", "n_ctx", "slots", "chat_format", "n_threads", "n_batch", "warmup"}
+SETTINGS = {"source", "n_ctx", "slots", "chat_format", "n_threads", "n_batch", "warmup", "prompt_cache"}
 
 
 def _load(path: str, **kw):
@@ -108,6 +109,9 @@ class LlamaBackend(Backend):
         self.n_threads = settings.get("n_threads") or max(1, (os.cpu_count() or 1) // self.n_slots)
         self.chat_format = settings.get("chat_format")
         self.warmup = bool(settings.get("warmup", True))
+        # Off by default so identical requests give identical tokens; on, agent turns that
+        # extend the previous prompt skip re-evaluating it (llama.cpp server's cache_prompt).
+        self.prompt_cache = bool(settings.get("prompt_cache", False))
         self.slots: asyncio.Queue | None = None
         self.waiting = 0
         self.active = 0  # generations running now (worker threads)
@@ -198,8 +202,12 @@ class LlamaBackend(Backend):
                                    param="messages", code="context_length_exceeded")
             max_tokens = min(req.max_tokens or budget, budget)
             body = req.body
-            if body.get("seed") is not None:
-                llm.set_seed(int(body["seed"]) & 0xFFFFFFFF)
+            if not self.prompt_cache:
+                # Reusing the cached prompt prefix evaluates the rest in other batch shapes, which
+                # moves logits by rounding: the same request could then give different tokens.
+                llm.reset()
+            seed = body.get("seed")
+            llm.set_seed(random.getrandbits(32) if seed is None else int(seed) & 0xFFFFFFFF)
             stops = _StopFilter(req.stop + template_stops)
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             vocab = llm._model.vocab
