@@ -114,7 +114,8 @@ def evaluate(scorer: Scorer, tokens: list[int], ctx: int, stride: int,
              bootstrap: int = 1000, seed: int = 0) -> tuple[int, int, float, tuple[float, float], float]:
     """Score ``tokens`` window by window: (tokens scored, windows, PPL, CI, window PPL std)."""
     prefix = [] if scorer.bos is None else [scorer.bos]
-    plan = plan_windows(len(tokens), ctx - len(prefix), stride, bool(prefix))
+    span = ctx - len(prefix)  # a stride of ctx means disjoint windows, BOS or not
+    plan = plan_windows(len(tokens), span, min(stride, span), bool(prefix))
     if not plan:
         raise ValueError("the text has too few tokens to score")
     sums = [scorer.score(prefix + tokens[w.begin:w.end], w.scored).sum() for w in plan]
@@ -171,7 +172,7 @@ class LlamaScorer:
 
     def __init__(self, path: str | Path, ctx: int, n_threads: int | None = None):
         self.llm = open_llama(path, n_ctx=ctx, n_batch=ctx, n_ubatch=ctx, logits_all=True,
-                              n_threads=n_threads)
+                              n_threads=n_threads, n_threads_batch=n_threads)
         self.bos = llama_bos(self.llm)
 
     def tokenize(self, text: str) -> list[int]:
@@ -258,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stride", type=int, default=256, help="window step in tokens (default 256)")
     ap.add_argument("--max-tokens", type=int, default=None, help="score only the text's first N tokens")
     ap.add_argument("--engine", choices=("llama.cpp", "mlx"), help="default: mlx for a folder, else llama.cpp")
-    ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="llama.cpp threads (default: llama-cpp-python's; use 1 on a busy machine)")
     ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CI")
     ap.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = ap.parse_args(argv)
