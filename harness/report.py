@@ -154,7 +154,9 @@ def plots(sums: list[dict], out: Path) -> list[Path]:
     bars = ax.barh(labels, vals, color="tab:green")
     for b, s in zip(bars, sums):
         if s["energy_j_per_solved"] is None:
-            ax.text(0, b.get_y() + b.get_height() / 2, " no solved task or no energy record", va="center", fontsize=8)
+            why = " no energy record (endpoint is not Edgemeter)" if s["energy_j_mean"] is None else " no task solved"
+            ax.text(0, b.get_y() + b.get_height() / 2, why, va="center", fontsize=8)
+    ax.set_xlim(0, max(vals) * 1.1 or 1.0)
     ax.set_xlabel("joules per solved task (device radio + compute)")
     ax.set_title("Energy per solved task by mode and network preset")
     ax.invert_yaxis()
@@ -182,15 +184,16 @@ def plots(sums: list[dict], out: Path) -> list[Path]:
     fig.savefig(written[-1], dpi=110)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(10, 5))
     use_energy = any(s["energy_j_mean"] is not None for s in sums)
-    for s, label in zip(sums, labels):
+    markers = "osD^v<>phX*"
+    for i, (s, label) in enumerate(zip(sums, labels)):
         x = s["energy_j_mean"] if use_energy else s["wall_s_mean"]
         if x is None or s["accuracy"] is None:
             continue
-        ax.scatter(x, s["accuracy"])
-        ax.annotate(label.replace("\n", " "), (x, s["accuracy"]), fontsize=7, xytext=(3, 3),
-                    textcoords="offset points")
+        ax.scatter(x, s["accuracy"], marker=markers[i % len(markers)], s=50, alpha=0.8,
+                   label=label.replace("\n", ": "))
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_xlabel("joules per task (mean)" if use_energy else "seconds per task (mean; no energy record)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.05, 1.05)
