@@ -121,7 +121,16 @@ async def read_json(request: web.Request) -> tuple[dict, int]:
     if request.content_type != "application/json":
         raise APIError(415, f"Content-Type must be application/json, got {request.content_type!r}",
                        code="unsupported_media_type")
-    raw = await request.read()
+    timeout = request.app[CONFIG].server.body_timeout_s
+    try:
+        if request.content.is_eof():  # the usual case: the whole body came with the headers
+            raw = await request.read()
+        else:  # aiohttp would wait forever for the rest: a client that stops sending would hold the handler
+            raw = await asyncio.wait_for(request.read(), timeout)
+    except asyncio.TimeoutError:
+        raise APIError(408, f"request body not received within {timeout:g} s", code="request_timeout") from None
+    except (ConnectionResetError, web.RequestPayloadError) as e:  # cut short, or a broken gzip/chunked encoding
+        raise bad_request(f"request body could not be read: {e}", None, "invalid_body") from None
     try:
         return orjson.loads(raw), len(raw)
     except orjson.JSONDecodeError as e:

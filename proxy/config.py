@@ -32,6 +32,7 @@ class ServerConfig:
     max_devices: int = 1024          # distinct X-Edgemeter-Device links kept
     session_idle_s: float = 600.0    # cloud-mode sessions closed after this much silence
     max_stream_buffer: int = 4096    # chunks held for a slow reader before the backend pauses
+    body_timeout_s: float = 30.0     # a request body not fully received by then gets 408
 
 
 @dataclass
@@ -99,6 +100,8 @@ def from_dict(data: dict | None, source: str = "<dict>") -> Config:
         raise ConfigError(f"server.port: must be 1..65535, got {cfg.server.port}")
     if cfg.server.max_body_bytes <= 0:
         raise ConfigError("server.max_body_bytes: must be positive")
+    if cfg.server.body_timeout_s <= 0:
+        raise ConfigError("server.body_timeout_s: must be positive")
     if cfg.defaults.mode not in MODES:
         raise ConfigError(f"defaults.mode: must be one of {', '.join(MODES)}, got {cfg.defaults.mode!r}")
 
