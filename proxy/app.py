@@ -299,7 +299,8 @@ async def frames(events, chunks: Chunks, meter: RequestMeter):
 
 
 async def paced(source, route: Route, meter: RequestMeter, buffer: int):
-    """Release each frame at its simulated arrival time over the device's downlink.
+    """Release each frame at its simulated arrival time over the device's downlink, in
+    batches: the frames due at the same moment.
 
     Arrival times depend on when the backend produced each frame, so a pump task reads
     the backend while earlier frames wait out their delay; the bounded queue pauses the
@@ -307,7 +308,7 @@ async def paced(source, route: Route, meter: RequestMeter, buffer: int):
     """
     if route.down is None:
         async for frame in source:
-            yield frame
+            yield (frame,)
         return
     queue: asyncio.Queue = asyncio.Queue(buffer)
 
@@ -319,13 +320,23 @@ async def paced(source, route: Route, meter: RequestMeter, buffer: int):
         except BaseException as e:
             await queue.put(e)
     task = asyncio.create_task(pump())
+    nothing = object()
+    held = nothing
     try:
-        while (item := await queue.get()) is not None:
+        while (item := await queue.get() if held is nothing else held) is not None:
+            held = nothing
             if isinstance(item, BaseException):
                 raise item
-            data, tokens, at = item
-            await sleep_until(at)
-            yield data, tokens, at
+            await sleep_until(item[2])
+            batch = [item]
+            # Frames already queued and already due leave with it: one write, one wake-up of the client.
+            while not queue.empty():
+                held = queue.get_nowait()
+                if held is None or isinstance(held, BaseException) or held[2] > time.perf_counter():
+                    break
+                batch.append(held)
+                held = nothing
+            yield batch
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -339,10 +350,13 @@ async def stream_events(request, response, route: Route, meter: RequestMeter, ev
     t0 = time.perf_counter()
     meter.backend_started(t0)
     try:
-        async for data, tokens, _ in paced(source, route, meter, request.app[CONFIG].server.max_stream_buffer):
+        async for batch in paced(source, route, meter, request.app[CONFIG].server.max_stream_buffer):
+            data = batch[0][0] if len(batch) == 1 else b"".join([frame[0] for frame in batch])
             await response.write(data)
             meter.bytes_down += len(data)
-            meter.delivered(time.perf_counter(), tokens)
+            t = time.perf_counter()
+            for frame in batch:
+                meter.delivered(t, frame[1])
     finally:
         await source.aclose()
     record = finish(request, route, meter, 200, None)
