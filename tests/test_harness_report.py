@@ -76,3 +76,21 @@ def test_results_file_ignores_and_repairs_a_truncated_last_line(tmp_path):
     f.append({"task_id": "3"})
     f.close()
     assert [r["task_id"] for r in read_rows(path)] == ["1", "3"]
+
+
+def test_sweep_from_flags_and_yaml(tmp_path):
+    from harness.run import Combo, build_parser, load_combos
+
+    def combos(*extra):
+        return load_combos(build_parser().parse_args(["--dataset", "gsm8k", "--out", "x", *extra]), "dflt")
+    assert combos() == [Combo(None, None, "dflt")]
+    assert len(combos("--modes", "local,hybrid", "--networks", "wifi,4g", "--models", "a,b")) == 8
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("modes: [local, cloud]\nnetworks: [wifi]\n")
+    assert combos("--sweep", str(grid)) == [Combo("local", "wifi", "dflt"), Combo("cloud", "wifi", "dflt")]
+    assert combos("--sweep", str(grid), "--networks", "4g")[1] == Combo("cloud", "4g", "dflt")  # flags win
+    runs = tmp_path / "runs.yaml"
+    runs.write_text("runs:\n  - {mode: local, network: local}\n  - {mode: cloud, network: 4g, model: big}\n")
+    assert combos("--sweep", str(runs)) == [Combo("local", "local", "dflt"), Combo("cloud", "4g", "big")]
+    with pytest.raises(SystemExit):
+        combos("--modes", "orbit")
