@@ -50,9 +50,6 @@ class RunResult:
     wall_s: float = 0.0
     isolation: list[str] = field(default_factory=list)
 
-    def to_dict(self) -> dict:
-        return {"ok": self.ok, "status": self.status, "error": self.error, "wall_s": round(self.wall_s, 4)}
-
 
 class _Worker:
     def __init__(self, slot: int, root: bool):
