@@ -77,6 +77,11 @@ def chat(body: Any) -> None:
         if content is not None and not isinstance(content, (str, list)):
             raise bad_request(f"'{where}.content' must be a string or an array of parts", f"{where}.content",
                               "invalid_type")
+        for j, part in enumerate(content if isinstance(content, list) else ()):
+            if not (isinstance(part, dict) and isinstance(part.get("type"), str)
+                    and (part["type"] != "text" or isinstance(part.get("text"), str))):
+                raise bad_request(f"'{where}.content[{j}]' must be an object with a string 'type' "
+                                  "(and a string 'text' for a text part)", f"{where}.content[{j}]", "invalid_type")
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise bad_request("'tools' must be an array", "tools", "invalid_type")
