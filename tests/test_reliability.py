@@ -232,3 +232,227 @@ async def test_a_backend_bug_is_an_openai_500_and_closes_the_books(proxy_client,
     assert await metric(client, "edgemeter_request_errors_total", model="bug", cause="internal_error") == before + 1
     assert "a bug" in caplog.text  # the traceback is logged for the operator, not sent to the client
     assert "KeyError" not in str(err)
+
+
+@pytest.fixture
+async def closing(aiohttp_server, proxy_client):
+    """Proxy, scripted upstreams that close every connection after their response (so pooled
+    keep-alive connections do not blur the count: any connection left open is one the proxy
+    failed to close)."""
+    async def close_after(_, resp):
+        resp.force_close()
+    up = Upstream()
+    apps = [up.app(), fake_app()]
+    for app in apps:
+        app.on_response_prepare.append(close_after)
+    up.server, fake = [await aiohttp_server(app) for app in apps]
+    client = await proxy_client(models(up, fake))
+    return client, up.server, fake
+
+
+async def test_a_burst_of_failing_requests_leaks_no_connection_or_descriptor(closing):
+    proxy, *upstreams = closing
+    assert (await post(proxy, {"model": "echo", "messages": MSG})).status == 200
+    fds = len(os.listdir("/proc/self/fd"))
+    scripts = ["stall_mid", "reset", "malformed", "nodone", "stream_error", "500", "refused", "choice_not_object"]
+    url = proxy.make_url("/v1/chat/completions")
+
+    async def one(session, i):
+        body = {"model": scripts[i % len(scripts)], "messages": MSG, "stream": i // len(scripts) % 2 == 0}
+        async with session.post(url, json=body) as r:
+            await r.read()
+            return r.status
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, limit=0)) as s:
+        statuses = await asyncio.gather(*(one(s, i) for i in range(160)))
+    assert set(statuses) <= {200, 502, 504} and 200 in statuses and 504 in statuses
+
+    async def released():
+        return (await in_flight(proxy) == 0 and len(os.listdir("/proc/self/fd")) <= fds
+                and not any(u.runner.server.connections for u in upstreams))
+    await eventually(released, "every connection closed and the in-flight gauge at zero")
+    r = await post(proxy, {"model": "echo", "messages": MSG, "stream": True})
+    assert r.status == 200 and sse(await r.read())[-1] == "[DONE]"
+
+
+# --- faults from the client side ---
+
+def request_bytes(body: bytes | dict, headers: dict | None = None, length: int | None = None) -> bytes:
+    """A raw HTTP/1.1 request, so a test can send less than it announces."""
+    if isinstance(body, dict):
+        body = orjson.dumps(body)
+    lines = ["POST /v1/chat/completions HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json",
+             f"Content-Length: {len(body) if length is None else length}",
+             *(f"{k}: {v}" for k, v in (headers or {}).items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def raw(server, data: bytes):
+    """Open a connection to a test server (or a test client's server) and send ``data``."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", getattr(server, "server", server).port)
+    writer.write(data)
+    await writer.drain()
+    return reader, writer
+
+
+async def response(reader) -> tuple[int, dict]:
+    """Status and JSON body of one raw HTTP response (read by its Content-Length, not to EOF)."""
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).decode()
+    length = next(int(line.split(":")[1]) for line in head.split("\r\n") if line.lower().startswith("content-length:"))
+    return int(head.split()[1]), orjson.loads(await reader.readexactly(length))
+
+
+def rss() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) << 10 for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.mark.parametrize("headers", [{}, HYBRID], ids=["local", "hybrid"])
+async def test_client_disconnect_mid_stream_cancels_the_upstream_request(upstream, proxy, headers):
+    before = await metric(proxy, "edgemeter_request_errors_total", model="slow", cause="client_disconnected")
+    reader, writer = await raw(proxy, request_bytes({"model": "slow", "messages": MSG, "stream": True}, headers))
+    await asyncio.wait_for(reader.readuntil(b"t1 "), 5)  # tokens are flowing
+    writer.close()
+    await asyncio.wait_for(upstream.closed.wait(), 5)  # the upstream saw its request end, 10 s early
+
+    async def idle():
+        return await in_flight(proxy) == 0
+    await eventually(idle, "in-flight back to zero")
+    assert await metric(proxy, "edgemeter_request_errors_total", model="slow",
+                        cause="client_disconnected") == before + 1
+
+
+@pytest.mark.parametrize("headers", [{}, HYBRID], ids=["local", "hybrid"])
+async def test_a_reader_that_stops_reading_pauses_the_upstream(upstream, proxy, headers):
+    """Backpressure: the endless upstream can only get as far ahead as the socket buffers and
+    the proxy's bounded stream buffer allow; it never fills the proxy's memory."""
+    rss0 = rss()
+    reader, writer = await raw(proxy, request_bytes({"model": "endless", "messages": MSG, "stream": True}, headers))
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)  # headers; then the client reads nothing
+    seen = -1
+    for _ in range(100):  # until the upstream's writes stop returning
+        if upstream.written == seen:
+            break
+        seen = upstream.written
+        await asyncio.sleep(0.3)
+    assert upstream.written == seen and upstream.written < 64 << 20, upstream.written
+    assert rss() - rss0 < 64 << 20
+    assert await reader.readexactly(1 << 20)  # still streaming once the client reads again
+    writer.close()
+    await asyncio.wait_for(upstream.closed.wait(), 5)
+
+
+async def test_a_body_cut_short_by_a_closed_connection_leaves_the_proxy_healthy(proxy, caplog):
+    _, writer = await raw(proxy, request_bytes(b'{"model": "echo", "mess', length=1000))
+    writer.close()
+    _, writer = await raw(proxy, request_bytes(b"", length=1000))  # headers only
+    writer.close()
+    r = await post(proxy, {"model": "echo", "messages": MSG})
+    assert r.status == 200 and await in_flight(proxy) == 0
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
+
+
+async def test_a_stalled_body_gets_408_instead_of_holding_a_handler_forever(upstream, fake, proxy_client):
+    client = await proxy_client(models(upstream, fake), server={"body_timeout_s": 0.2})
+    reader, writer = await raw(client, request_bytes(b'{"model": "echo", "mess', length=1000))
+    status, body = await response(reader)
+    writer.close()
+    assert status == 408 and body["error"]["code"] == "request_timeout"
+    assert (await post(client, {"model": "echo", "messages": MSG})).status == 200
+
+
+async def test_a_client_that_never_finishes_its_headers_is_dropped(upstream, fake, aiohttp_server):
+    """aiohttp closes a connection that has not sent a whole request within keepalive_timeout
+    (75 s under ``python -m proxy``, run_app's default); nothing of the proxy runs before that."""
+    from proxy.app import create_app
+    from tests.conftest import make_config
+    server = await aiohttp_server(create_app(make_config(models(upstream, fake))), keepalive_timeout=0.2)
+    reader, writer = await raw(server, b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, without a response
+    writer.close()
+
+
+async def test_a_decompression_bomb_is_cut_at_the_body_limit(proxy):
+    """aiohttp inflates gzip request bodies; the size limit applies to the inflated bytes."""
+    import zlib
+    z = zlib.compressobj(1, zlib.DEFLATED, 31)  # 31: gzip framing
+    mib = b"a" * (1 << 20)
+    bomb = z.compress(b'{"model": "echo", "messages": [{"role": "user", "content": "') + \
+        b"".join(z.compress(mib) for _ in range(256)) + z.compress(b'"}]}') + z.flush()
+    rss0 = rss()
+    r = await proxy.post("/v1/chat/completions", data=bomb,
+                         headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert len(bomb) < 2 << 20 and r.status == 413  # 1 MiB on the wire, 256 MiB inflated
+    assert rss() - rss0 < 128 << 20
+    r = await proxy.post("/v1/chat/completions", data=b"not gzip at all",
+                         headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert r.status == 400 and (await r.json())["error"]["code"] == "invalid_body"
+
+
+# --- hostile input the contract tests do not already send ---
+
+BODY = b'{"model": "echo", "messages": [{"role": "user", "content": "hi"}]'
+
+
+@pytest.mark.parametrize("raw_body,code,param", [
+    (b"", "invalid_json", None),
+    (b"null", "invalid_type", None),
+    (b"[]", "invalid_type", None),
+    (b'"text"', "invalid_type", None),
+    (BODY + b', "temperature": NaN}', "invalid_json", None),
+    (BODY + b', "temperature": Infinity}', "invalid_json", None),
+    (BODY + b', "temperature": "0.5"}', "invalid_type", "temperature"),
+    (BODY + b', "max_tokens": "16"}', "invalid_type", "max_tokens"),
+    (BODY + b', "max_tokens": 16.5}', "invalid_type", "max_tokens"),
+    (BODY + b', "stream": 1}', "invalid_type", "stream"),
+    (BODY + b', "seed": 100000000000000000000000}', "invalid_type", "seed"),
+    (BODY + b', "stop": ' + orjson.dumps(["x"] * 10000) + b"}", "invalid_type", "stop"),
+    (BODY + b', "stop": ["x", ""]}', "invalid_type", "stop"),
+    (BODY + b', "stream_options": {"include_usage": "yes"}}', "invalid_type", "stream_options"),
+    (BODY + b', "tools": {"python": 1}}', "invalid_type", "tools"),
+    (b'{"model": "echo", "messages": [{"role": "user", "content": "\\ud800"}]}', "invalid_json", None),
+    (b'{"model": "echo", "messages": [{"role": "user", "content": 5}]}', "invalid_type", "messages[0].content"),
+    (b'{"model": "echo", "messages": [{"role": "user", "content": [1, 2]}]}', "invalid_type",
+     "messages[0].content[0]"),
+    (b'{"model": "echo", "messages": [{"role": "user", "content": [{"text": "no type"}]}]}', "invalid_type",
+     "messages[0].content[0]"),
+    (b'{"model": "echo", "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}',
+     "invalid_type", "messages[0].content[0]"),
+    (b'{"model": 5, "messages": []}', "invalid_type", "model"),
+    (b'{"model": "", "messages": []}', "invalid_type", "model"),
+])
+async def test_hostile_bodies_get_400_naming_the_problem(proxy, raw_body, code, param):
+    r = await proxy.post("/v1/chat/completions", data=raw_body, headers={"Content-Type": "application/json"})
+    err = (await r.json())["error"]
+    assert r.status == 400 and (err["code"], err["param"]) == (code, param)
+    assert set(err) == {"message", "type", "param", "code"} and err["type"] == "invalid_request_error"
+
+
+async def test_text_content_parts_are_accepted(proxy):
+    parts = [{"type": "text", "text": "hi"}, {"type": "text", "text": " there"}]
+    r = await post(proxy, {"model": "echo", "messages": [{"role": "user", "content": parts}]})
+    assert r.status == 200
+
+
+async def test_duplicate_keys_take_the_last_value_like_json_parse(proxy):
+    r = await proxy.post("/v1/chat/completions", data=b'{"model": "echo", "model": "nope", "messages": []}',
+                         headers={"Content-Type": "application/json"})
+    assert r.status == 400 and (await r.json())["error"]["param"] == "messages"  # "nope" was never looked up
+    r = await proxy.post("/v1/chat/completions", data=b'{"model": "nope", "model": "echo", "messages": '
+                         b'[{"role": "user", "content": "hi"}]}', headers={"Content-Type": "application/json"})
+    assert r.status == 200
+
+
+@pytest.mark.parametrize("method,path", [("GET", "/v1/chat/completions"), ("GET", "/v1/completions"),
+                                         ("PUT", "/v1/models"), ("DELETE", "/metrics"),
+                                         ("GET", "/edgemeter/v1/sessions/s/end")])
+async def test_wrong_method_is_an_openai_405(proxy, method, path):
+    r = await proxy.request(method, path)
+    err = (await r.json())["error"]
+    assert r.status == 405 and set(err) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize("header,value", [("X-Edgemeter-Device", "dev\xa0ice"), ("X-Edgemeter-Session", "s" * 200),
+                                          ("X-Edgemeter-Mode", "")])
+async def test_bad_edgemeter_headers_are_400(proxy, header, value):
+    r = await post(proxy, {"model": "echo", "messages": MSG}, {header: value})
+    assert r.status == 400 and (await r.json())["error"]["param"] == header
