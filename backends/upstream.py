@@ -39,6 +39,9 @@ class UpstreamBackend(Backend):
         self.headers = {str(k): str(v) for k, v in (settings.get("headers") or {}).items()}
         if settings.get("api_key"):
             self.headers["Authorization"] = f"Bearer {settings['api_key']}"
+        # What an upstream's error message must never carry to a client (some servers quote the key they
+        # refused); short header values such as "1" are no secrets and would garble messages.
+        self.secrets = [v for v in (settings.get("api_key"), *self.headers.values()) if v and len(v) >= 8]
         for key in ("connect_timeout", "read_timeout"):
             v = settings.get(key, 10.0 if key == "connect_timeout" else 300.0)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
@@ -82,7 +85,9 @@ class UpstreamBackend(Backend):
                     raise await _http_error(resp)
                 async for ev in self._events(resp, req):
                     yield ev
-        except BackendError:
+        except BackendError as e:
+            for secret in self.secrets:
+                e.message = e.message.replace(secret, "***")
             raise
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
             raise BackendError(f"upstream {self.name} timed out", status=504, cause="upstream_timeout",
