@@ -89,7 +89,8 @@ async def errors_and_auth(request: web.Request, handler):
         key = config.server.api_key
         if key and (request.path.startswith(API_PATHS) or (request.path == "/metrics" and config.server.metrics_auth)):
             given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+            # surrogateescape: aiohttp keeps a header's non-UTF-8 bytes as lone surrogates
+            if not hmac.compare_digest(given.encode(errors="surrogateescape"), f"Bearer {key}".encode()):
                 raise APIError(401, "Incorrect API key provided", type="authentication_error",
                                code="invalid_api_key")
         return await handler(request)
