@@ -45,10 +45,15 @@ class Upstream:
     def __init__(self):
         self.written = 0  # bytes the endless script got out (each write returned)
         self.closed = asyncio.Event()
+        self.keys = []  # Authorization headers received
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         script = body["model"]
+        self.keys.append(request.headers.get("Authorization"))
+        if script == "echo_key":  # some servers quote the key they refused
+            return web.json_response({"error": {"message": f"bad key {request.headers['Authorization']}",
+                                                "type": "invalid_request_error"}}, status=401)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         try:
@@ -94,7 +99,7 @@ async def fake(aiohttp_server):
 
 
 def models(upstream, fake, **extra) -> dict:
-    ours = ["stall_mid", "endless", "slow", *SHAPES]
+    ours = ["stall_mid", "endless", "slow", "echo_key", *SHAPES]
     theirs = ["echo", "reset", "malformed", "stream_error", "nodone", "500", "503json", "400json", "notjson",
               "stall"]
     out = {n: {"backend": "upstream", "base_url": str(upstream.server.make_url("/v1")), "model": n} for n in ours}
@@ -456,3 +461,78 @@ async def test_wrong_method_is_an_openai_405(proxy, method, path):
 async def test_bad_edgemeter_headers_are_400(proxy, header, value):
     r = await post(proxy, {"model": "echo", "messages": MSG}, {header: value})
     assert r.status == 400 and (await r.json())["error"]["param"] == header
+
+
+# --- access ---
+
+KEY = "client-key-123"
+
+
+@pytest.fixture
+async def keyed(upstream, fake, proxy_client):
+    return await proxy_client(models(upstream, fake), server={"api_key": KEY, "metrics_auth": True})
+
+
+@pytest.mark.parametrize("headers", [
+    {}, {"Authorization": KEY}, {"Authorization": f"bearer {KEY}"}, {"Authorization": f"Bearer  {KEY}"},
+    {"Authorization": f"Bearer {KEY}x"}, {"Authorization": f"Bearer {KEY[:-1]}"}, {"Authorization": "Bearer "},
+    {"Authorization": f"Basic {KEY}"}, {"X-Api-Key": KEY}, {"Api-Key": KEY}, {"OpenAI-Api-Key": KEY},
+])
+async def test_the_api_key_counts_only_as_a_bearer_token(keyed, headers):
+    for path in ("/v1/models", "/metrics"):
+        r = await keyed.get(path, headers=headers)
+        assert r.status == 401 and (await r.json())["error"]["code"] == "invalid_api_key"
+    r = await keyed.get("/v1/models", params={"api_key": KEY}, headers=headers)
+    assert r.status == 401
+    assert (await keyed.get("/healthz", headers=headers)).status == 200  # probes need no key
+
+
+async def test_a_non_utf8_authorization_header_is_401_not_500(keyed):
+    for value in (b"Bearer \xff", KEY.encode() + b"\xff", b"Bearer " + KEY.encode() + b"\xff"):
+        head = b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: " + value + b"\r\n\r\n"
+        reader, writer = await raw(keyed, head)
+        status, body = await response(reader)
+        writer.close()
+        assert status == 401 and body["error"]["type"] == "authentication_error"
+
+
+async def test_the_key_is_compared_in_constant_time(keyed, monkeypatch):
+    import hmac
+    from types import SimpleNamespace
+
+    import proxy.app
+    seen = []
+
+    def spy(a, b):
+        seen.append((a, b))
+        return hmac.compare_digest(a, b)
+    monkeypatch.setattr(proxy.app, "hmac", SimpleNamespace(compare_digest=spy))
+    assert (await keyed.get("/v1/models", headers={"Authorization": f"Bearer {KEY}"})).status == 200
+    assert (await keyed.get("/metrics", headers={"Authorization": f"Bearer {KEY}"})).status == 200
+    assert (await keyed.get("/metrics", headers={"Authorization": "Bearer guess"})).status == 401
+    assert seen == [(f"Bearer {KEY}".encode(), f"Bearer {KEY}".encode())] * 2 + [(b"Bearer guess", f"Bearer {KEY}".encode())]
+
+
+async def test_metrics_stay_open_unless_metrics_auth(upstream, fake, proxy_client):
+    client = await proxy_client(models(upstream, fake), server={"api_key": KEY})
+    assert (await client.get("/metrics")).status == 200
+    assert (await client.get("/v1/models")).status == 401
+
+
+async def test_the_upstream_key_never_reaches_logs_records_metrics_or_errors(upstream, fake, proxy_client,
+                                                                               tmp_path, caplog):
+    secret = "sk-upstream-secret-42"
+    log = tmp_path / "requests.jsonl"
+    client = await proxy_client(models(upstream, fake, api_key=secret), server={"request_log": str(log)})
+    caplog.set_level(logging.DEBUG)  # every logger, aiohttp's client included
+    seen = []
+    for script in ("echo", "echo_key", "500", "400json", "notjson", "reset", "malformed", "stall_mid",
+                   "choice_not_object", "refused"):
+        for stream in (False, True):
+            r = await post(client, {"model": script, "messages": MSG, "stream": stream})
+            seen.append(await r.text() + str(r.headers))
+    seen.append(await (await client.get("/metrics")).text())
+    seen += [log.read_text(), caplog.text]
+    assert not [text[:300] for text in seen if secret in text]
+    assert f"Bearer {secret}" in upstream.keys  # it did go upstream
+    assert "bad key Bearer ***" in "".join(seen)  # an upstream that quotes it is redacted
