@@ -106,7 +106,9 @@ class LlamaBackend(Backend):
         self.n_ctx = settings.get("n_ctx", 4096)
         self.n_slots = settings.get("slots", 1)
         self.n_batch = settings.get("n_batch", 512)
-        self.n_threads = settings.get("n_threads") or max(1, (os.cpu_count() or 1) // self.n_slots)
+        # llama-cpp-python's default, one thread per physical core (cpu_count / 2), shared by the
+        # slots: more threads than cores spin-wait against each other and decode far slower.
+        self.n_threads = settings.get("n_threads") or max(1, (os.cpu_count() or 2) // 2 // self.n_slots)
         self.chat_format = settings.get("chat_format")
         self.warmup = bool(settings.get("warmup", True))
         # Off by default so identical requests give identical tokens; on, agent turns that
