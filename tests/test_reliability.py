@@ -536,3 +536,23 @@ async def test_the_upstream_key_never_reaches_logs_records_metrics_or_errors(ups
     assert not [text[:300] for text in seen if secret in text]
     assert f"Bearer {secret}" in upstream.keys  # it did go upstream
     assert "bad key Bearer ***" in "".join(seen)  # an upstream that quotes it is redacted
+
+
+# --- load ---
+
+def test_a_short_soak_loses_nothing(tmp_path):
+    """The README's soak (256 clients x 60 s) in small: 64 streaming clients for 3 s through a
+    real proxy process and harness.fast_upstream, every check of ``python -m harness soak``."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    out = tmp_path / "soak.json"
+    done = subprocess.run([sys.executable, "-m", "harness", "soak", "--clients", "64", "--duration", "3",
+                           "--warmup", "1", "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(out.read_text())
+    assert result["requests"] >= 64 and result["errors"] == 0 and all(result["checks"].values())
+    assert result["metrics_generation_tokens"] == result["tokens_received"] == 64 * result["requests"]
