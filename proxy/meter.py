@@ -20,6 +20,20 @@ from .radio import RadioCharge
 
 
 
+_CHILDREN: dict = {}
+
+
+def child(metric, *labels):
+    """The metric's child for these label values, looked up once per label set: prometheus-client's
+    labels() validates and takes a lock on every call, some twenty times per request. Label
+    values are configured names and fixed enums, so this stays small."""
+    key = (metric, labels)
+    c = _CHILDREN.get(key)
+    if c is None:
+        c = _CHILDREN[key] = metric.labels(*labels)
+    return c
+
+
 class NetTally:
     """What the simulated network cost one request: delay by component, and radio energy.
 
@@ -69,7 +83,7 @@ class RequestMeter:
         self.t_backend = self.t_scheduled = self.t_first_token = None
         self.t_backend_first = self.t_last_token = self.t_end = None
         self.last_delivery = None
-        self.itl_child = m.ITL.labels(*self.labels)  # resolved once: observed per token
+        self.itl_child = child(m.ITL, *self.labels)  # observed per token
         self.prompt_tokens = self.completion_tokens = 0
         self.usage_source = "backend"
         self.bytes_up, self.bytes_down = bytes_up, 0
@@ -79,7 +93,7 @@ class RequestMeter:
         self.compute_method = None
         self.finish_reason = None
         self.chunks = 0
-        self._running = m.RUNNING.labels(*self.labels)
+        self._running = child(m.RUNNING, *self.labels)
         self._running.inc()
 
     # --- events, in the order they happen ---
@@ -111,9 +125,9 @@ class RequestMeter:
         self.t_end = time.perf_counter()
         self._running.dec()
         lab = self.labels
-        m.REQUESTS.labels(*lab, str(status)).inc()
+        child(m.REQUESTS, *lab, str(status)).inc()
         if cause:
-            m.ERRORS.labels(*lab, cause).inc()
+            child(m.ERRORS, *lab, cause).inc()
         e2e = self.t_end - self.t_received
         ttft = None if self.t_first_token is None else self.t_first_token - self.t_received
         tpot = None
@@ -123,36 +137,36 @@ class RequestMeter:
         backend_ttft = None
         if self.t_backend_first is not None and self.t_backend is not None:
             backend_ttft = self.t_backend_first - self.t_backend
-        m.E2E.labels(*lab).observe(e2e)
-        m.BYTES.labels(*lab, "up").inc(self.bytes_up)
-        m.BYTES.labels(*lab, "down").inc(self.bytes_down)
+        child(m.E2E, *lab).observe(e2e)
+        child(m.BYTES, *lab, "up").inc(self.bytes_up)
+        child(m.BYTES, *lab, "down").inc(self.bytes_down)
         if ttft is not None:
-            m.TTFT.labels(*lab).observe(ttft)
+            child(m.TTFT, *lab).observe(ttft)
         if backend_ttft is not None:
-            m.BACKEND_TTFT.labels(*lab).observe(backend_ttft)
+            child(m.BACKEND_TTFT, *lab).observe(backend_ttft)
         if tpot is not None:
-            m.TPOT.labels(*lab).observe(tpot)
+            child(m.TPOT, *lab).observe(tpot)
         if queue is not None:
-            m.QUEUE_TIME.labels(*lab).observe(queue)
+            child(m.QUEUE_TIME, *lab).observe(queue)
         if self.prompt_tokens or self.completion_tokens:
-            m.PROMPT_TOKENS.labels(*lab).inc(self.prompt_tokens)
-            m.GEN_TOKENS.labels(*lab).inc(self.completion_tokens)
-            m.REQ_PROMPT_TOKENS.labels(*lab).observe(self.prompt_tokens)
-            m.REQ_GEN_TOKENS.labels(*lab).observe(self.completion_tokens)
+            child(m.PROMPT_TOKENS, *lab).inc(self.prompt_tokens)
+            child(m.GEN_TOKENS, *lab).inc(self.completion_tokens)
+            child(m.REQ_PROMPT_TOKENS, *lab).observe(self.prompt_tokens)
+            child(m.REQ_GEN_TOKENS, *lab).observe(self.completion_tokens)
         delay = {p: getattr(self.net.up, p) + getattr(self.net.down, p) for p in DELAY_PARTS}
         for direction, split in (("up", self.net.up), ("down", self.net.down)):
             for part in DELAY_PARTS:
                 if v := getattr(split, part):
-                    m.NET_DELAY_PART.labels(*lab, direction, part).inc(v)
-        m.NET_DELAY.labels(*lab).observe(self.net.added_s)
+                    child(m.NET_DELAY_PART, *lab, direction, part).inc(v)
+        child(m.NET_DELAY, *lab).observe(self.net.added_s)
         if self.net.radio_j:
-            m.REQ_RADIO_ENERGY.labels(*lab).inc(self.net.radio_j)
+            child(m.REQ_RADIO_ENERGY, *lab).inc(self.net.radio_j)
         if self.compute_j:
-            m.COMPUTE_ENERGY.labels(*lab, self.compute_method).inc(self.compute_j)
+            child(m.COMPUTE_ENERGY, *lab, self.compute_method).inc(self.compute_j)
         energy = self.net.radio_j + self.compute_j
         per_token = energy / self.completion_tokens if self.completion_tokens else None
         if per_token is not None and energy:
-            m.ENERGY_PER_TOKEN.labels(*lab).observe(per_token)
+            child(m.ENERGY_PER_TOKEN, *lab).observe(per_token)
         return {
             "request_id": self.request_id, "model": self.model, "backend": self.backend, "mode": self.mode,
             "network": self.network, "device": self.device, "session": self.session, "status": status,
