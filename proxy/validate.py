@@ -71,7 +71,7 @@ def chat(body: Any) -> None:
         where = f"messages[{i}]"
         if not isinstance(m, dict):
             raise bad_request(f"'{where}' must be an object", where, "invalid_type")
-        if m.get("role") not in ROLES:
+        if not isinstance(m.get("role"), str) or m["role"] not in ROLES:  # a dict or list role is unhashable
             raise bad_request(f"'{where}.role' must be one of {', '.join(sorted(ROLES))}", f"{where}.role")
         content = m.get("content")
         if content is not None and not isinstance(content, (str, list)):
