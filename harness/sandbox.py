@@ -28,7 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _WORKER = str(Path(__file__).with_name("sandbox_worker.py"))
-_UID_BASE = 61000  # one unprivileged uid per pool slot, so RLIMIT_NPROC and kill-by-uid are per slot
+# One unprivileged uid per pool slot, so RLIMIT_NPROC and kill-by-uid are per slot; offset by our
+# pid so that pools in concurrent harness processes never share a uid.
+_UID_BASE = 200_000 + (os.getpid() % 10_000) * 256
+MAX_POOL = 256
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,7 @@ class Sandbox:
     """A pool of ``size`` warm workers; ``run`` is thread-safe and ``arun`` is its async form."""
 
     def __init__(self, size: int = 2, limits: Limits = Limits()):
-        self.size = max(1, size)
+        self.size = min(max(1, size), MAX_POOL)
         self.limits = limits
         self.root = os.geteuid() == 0
         self._idle: list[_Worker] = []
