@@ -18,7 +18,7 @@ import backends
 from backends import BackendError, GenRequest
 from backends.base import Finish, Scheduled, TextDelta, ToolCallDelta, Usage
 
-from . import metrics, validate
+from . import metrics, openapi, validate
 from .config import Config
 from .device import Devices
 from .energy import ComputeEnergy
@@ -52,6 +52,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/openapi.json", openapi.serve)
     app.on_startup.append(start_backends)
     app.on_cleanup.append(stop_backends)
     return app
