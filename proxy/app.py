@@ -101,7 +101,10 @@ async def errors_and_auth(request: web.Request, handler):
         return APIError(413, f"request body exceeds {config.server.max_body_bytes} bytes",
                         code="request_too_large").response()
     except web.HTTPException as e:  # 404/405 from routing
-        return APIError(e.status, e.reason, code=str(e.status)).response()
+        response = APIError(e.status, e.reason, code=str(e.status)).response()
+        if "Allow" in e.headers:  # a 405 must say which methods the route has (RFC 9110)
+            response.headers["Allow"] = e.headers["Allow"]
+        return response
     except (ConnectionResetError, asyncio.CancelledError):
         raise
     except Exception:

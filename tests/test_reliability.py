@@ -422,6 +422,10 @@ BODY = b'{"model": "echo", "messages": [{"role": "user", "content": "hi"}]'
      "messages[0].content[0]"),
     (b'{"model": "echo", "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}',
      "invalid_type", "messages[0].content[0]"),
+    (b'{"model": "echo", "messages": [{"role": {"user": 1}, "content": "hi"}]}', "invalid_value",
+     "messages[0].role"),
+    (b'{"model": "echo", "messages": [{"role": ["user"], "content": "hi"}]}', "invalid_value",
+     "messages[0].role"),
     (b'{"model": 5, "messages": []}', "invalid_type", "model"),
     (b'{"model": "", "messages": []}', "invalid_type", "model"),
 ])
@@ -454,6 +458,7 @@ async def test_wrong_method_is_an_openai_405(proxy, method, path):
     r = await proxy.request(method, path)
     err = (await r.json())["error"]
     assert r.status == 405 and set(err) == {"message", "type", "param", "code"}
+    assert method not in r.headers["Allow"] and r.headers["Allow"]
 
 
 @pytest.mark.parametrize("header,value", [("X-Edgemeter-Device", "dev\xa0ice"), ("X-Edgemeter-Session", "s" * 200),
