@@ -561,3 +561,98 @@ def test_a_short_soak_loses_nothing(tmp_path):
     result = json.loads(out.read_text())
     assert result["requests"] >= 64 and result["errors"] == 0 and all(result["checks"].values())
     assert result["metrics_generation_tokens"] == result["tokens_received"] == 64 * result["requests"]
+
+
+# --- the harness: hostile model-written code fails its task, never the run ---
+
+def hostile_programs(tmp_path, port: int, secret: str, marker: str) -> dict[str, str]:
+    """What a model might write, by the escape it attempts."""
+    return {
+        "infinite_loop": "while True:\n    pass",
+        "fork_bomb": "import os\nwhile True:\n    os.fork()",
+        "memory_bomb": "blob = bytearray(8 << 30)",
+        "write_outside": f"open({str(tmp_path / 'escaped.txt')!r}, 'w').write('x')",
+        "read_home": f"print(open({secret!r}).read())",
+        "socket": f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)",
+        # a detached grandchild that outlives the code unless the sandbox kills it; its
+        # command line is the marker the test looks for afterwards
+        "background_process": "import os, sys, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n"
+                              "        os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(60)', "
+                              f"'{marker}'])\n    os._exit(0)\ntime.sleep(0.2)\nprint('spawned')",
+    }
+
+
+def processes_with(arg: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if arg.encode() in f.read().split(b"\0"):
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+async def test_hostile_code_fails_its_task_and_the_run_goes_on(aiohttp_server, tmp_path, monkeypatch):
+    """Each task's model runs an escape attempt as a tool call and then submits it as its
+    answer: every attempt is contained, every task graded failed, every task recorded."""
+    import socket
+    import tempfile
+    import uuid
+    from dataclasses import replace
+
+    from harness import run
+    from harness.results import read_rows
+    from harness.sandbox import Sandbox
+    from tests.harness_fixtures import data_dir
+
+    real_run = Sandbox.run
+
+    def quick(self, code, *, limits=None, **kw):  # the grader's 15 s wall limit, cut to keep this test short
+        lim = limits or self.limits
+        return real_run(self, code, limits=replace(lim, wall_s=min(lim.wall_s, 2.0), cpu_s=min(lim.cpu_s, 1.0)),
+                        **kw)
+    monkeypatch.setattr(Sandbox, "run", quick)
+    marker = f"edgemeter-escapee-{uuid.uuid4().hex}"
+    with socket.create_server(("127.0.0.1", 0)) as listener, \
+            tempfile.NamedTemporaryFile("w", dir=os.path.expanduser("~"), prefix=".edgemeter-secret-") as secret:
+        secret.write("TOPSECRET")
+        secret.flush()
+        programs = hostile_programs(tmp_path, listener.getsockname()[1], secret.name, marker)
+        order = list(programs.values())
+        replies = []
+
+        async def chat(request):
+            body = await request.json()
+            code = order[len(replies) // 2]  # two calls per task: run the code, then answer with it
+            text = (f"```python\n{code}\n```" if len(replies) % 2 == 0
+                    else f"FINAL ANSWER:\n```python\n{code}\n```")
+            replies.append(body["model"])
+            return web.json_response({"choices": [{"message": {"role": "assistant", "content": text},
+                                                   "finish_reason": "stop"}],
+                                      "usage": {"prompt_tokens": 10, "completion_tokens": 10}})
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", chat)
+        server = await aiohttp_server(app)
+        out = tmp_path / "run"
+        argv = ["--base-url", str(server.make_url("/v1")), "--dataset", "mbpp", "--data-dir", str(data_dir()),
+                "--limit", str(len(programs)), "--models", "scripted", "--out", str(out), "--warmup", "0",
+                "--no-stream", "--no-progress", "--no-report", "--transcripts"]
+        assert await run._run(run.build_parser().parse_args(argv)) == 0
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody connected
+    rows = read_rows(out / "results.jsonl")
+    assert len(rows) == len(programs) and len(replies) == 2 * len(programs)
+    for name, row in zip(programs, rows):
+        assert row["passed"] is False and row["error"] is None, name
+        assert row["tool_calls"][0]["name"] == "python" and row["grade_detail"], name
+        observation = row["messages"][3]["content"]
+        assert "TOPSECRET" not in observation, name
+        if name == "background_process":
+            assert "spawned" in observation and "Error" not in observation and row["tool_calls"][0]["ok"]
+        else:
+            assert not row["tool_calls"][0]["ok"], (name, observation)
+    assert not (tmp_path / "escaped.txt").exists()
+    assert not processes_with(marker)
