@@ -23,6 +23,7 @@ _MARKERS = (
     r"answer\s*(?:is|:)\s*(" + _NUM + ")",
 )
 _FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)```", re.S | re.I)
+_OPEN_FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*)\Z", re.S | re.I)
 GRADE_LIMITS = Limits(wall_s=15.0, cpu_s=15.0)
 
 
@@ -57,11 +58,15 @@ def numbers_equal(a: str | None, b: str | None) -> bool:
 
 
 def extract_code(text: str | None) -> str:
-    """The last fenced Python block, else the whole text (models often answer with bare code)."""
+    """The last fenced Python block (or an unclosed one cut by the token limit), else the whole
+    text (models often answer with bare code)."""
     if not text:
         return ""
     blocks = _FENCE.findall(text)
-    return blocks[-1] if blocks else text.strip("`\n")
+    if blocks:
+        return blocks[-1]
+    unclosed = _OPEN_FENCE.search(text)
+    return unclosed.group(1) if unclosed else text.strip("`\n")
 
 
 def program(task: Task, code: str) -> str:

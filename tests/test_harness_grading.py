@@ -40,6 +40,7 @@ def test_numbers_equal_is_numeric():
 def test_extract_code_takes_the_last_python_block():
     assert extract_code("a\n```python\nx = 1\n```\nb\n```py\ny = 2\n```") == "y = 2\n"
     assert extract_code("def f():\n    return 1") == "def f():\n    return 1"
+    assert extract_code("Here:\n```python\ndef f():\n    return 1\n") == "def f():\n    return 1\n"  # cut off
 
 
 def test_gsm8k_references_grade_and_wrong_answers_do_not():
