@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -656,3 +657,80 @@ async def test_hostile_code_fails_its_task_and_the_run_goes_on(aiohttp_server, t
             assert not row["tool_calls"][0]["ok"], (name, observation)
     assert not (tmp_path / "escaped.txt").exists()
     assert not processes_with(marker)
+
+
+def listening_addresses(pid: int) -> set[str]:
+    """Local addresses of a process's listening TCP sockets, from /proc."""
+    inodes = {os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1] for fd in os.listdir(f"/proc/{pid}/fd")
+              if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:[")}
+    out = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            f = row.split()
+            if f[3] == "0A" and f[9] in inodes:  # LISTEN
+                out.add(f[1])
+    return out
+
+
+@pytest.fixture
+def fake_upstream_process():
+    """tests/fake_upstream.py in a process of its own, for a proxy process to reach."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, wait_http
+    port = free_port()
+    code = ("from aiohttp import web\nfrom tests.fake_upstream import make_app\n"
+            "async def ping(request):\n    return web.Response(text='ok')\n"
+            "app = make_app()\napp.router.add_get('/ping', ping)\n"
+            f"web.run_app(app, host='127.0.0.1', port={port}, print=None)")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping", proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_python_m_proxy_binds_loopback_and_logs_no_secret(fake_upstream_process, tmp_path):
+    """The shipped defaults end to end: no --host binds 127.0.0.1 only; at DEBUG, across
+    failures and successes, the process logs neither the upstream key nor the client key."""
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    from tests.conftest import ROOT, wait_http
+    port = free_port()
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(orjson.dumps({
+        "server": {"port": port, "api_key": "env:EM_CLIENT_KEY"},
+        "models": {name: {"backend": "upstream", "base_url": f"{fake_upstream_process}/v1", "model": name,
+                          "api_key": "env:EM_UPSTREAM_KEY"} for name in ("echo", "500", "reset")}}).decode())
+    env = {**os.environ, "EM_CLIENT_KEY": "client-secret-77", "EM_UPSTREAM_KEY": "upstream-secret-88"}
+    log = tmp_path / "proxy.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "proxy", "--config", str(cfg), "--log-level", "DEBUG"],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/readyz", proc)
+        assert listening_addresses(proc.pid) == {f"0100007F:{port:04X}"}  # 127.0.0.1, nothing else
+        for model in ("echo", "500", "reset"):
+            for key in ("client-secret-77", "wrong"):
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/v1/chat/completions", method="POST",
+                    data=orjson.dumps({"model": model, "messages": MSG, "stream": True}),
+                    headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+                try:
+                    urllib.request.urlopen(req, timeout=10).read()
+                except urllib.error.HTTPError as e:
+                    e.read()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    text = log.read_text()
+    assert "serving on http://127.0.0.1" in text
+    assert "upstream-secret-88" not in text and "client-secret-77" not in text
+
