@@ -62,6 +62,26 @@ class GGUFTokenizer:
         return len(self.llm.tokenize(text.encode(), add_bos=False, special=special)) if text else 0
 
 
+def _text_messages(messages: list[dict]) -> list[dict]:
+    """Messages as chat templates take them: string content. Text parts are joined (OpenAI's
+    meaning of an array of text parts); a message without content (an assistant turn that only
+    called tools) gets an empty string; other parts (images, audio) are refused."""
+    out = []
+    for i, m in enumerate(messages):
+        content = m.get("content")
+        if isinstance(content, list):
+            other = sorted({part["type"] for part in content} - {"text"})
+            if other:
+                raise BackendError(f"content parts of type {other[0]!r} are not supported by the llama.cpp backend "
+                                   "(text only)", status=400, cause="unsupported", type="invalid_request_error",
+                                   param=f"messages[{i}].content", code="unsupported_content")
+            m = {**m, "content": "".join(part["text"] for part in content)}
+        elif content is None:
+            m = {**m, "content": ""}
+        out.append(m)
+    return out
+
+
 class _StopFilter:
     """Holds back text that may be the start of a stop string; cuts at the first full match."""
 
@@ -155,7 +175,13 @@ class LlamaBackend(Backend):
             raise BackendError("tools are not supported by the llama.cpp backend; use a text tool protocol",
                                status=400, cause="unsupported", type="invalid_request_error", param="tools",
                                code="unsupported_parameter")
-        rendered = self.formatter(messages=req.body["messages"])
+        messages = _text_messages(req.body["messages"])
+        try:
+            rendered = self.formatter(messages=messages)
+        except Exception as e:  # a template may refuse a conversation (e.g. roles that do not alternate)
+            raise BackendError(f"the model's chat template cannot render these messages: {e}", status=400,
+                               cause="invalid_messages", type="invalid_request_error", param="messages",
+                               code="invalid_messages") from None
         stops = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
         return llm.tokenize(rendered.prompt.encode(), add_bos=not rendered.added_special, special=True), stops
 

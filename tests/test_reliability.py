@@ -516,7 +516,8 @@ async def test_the_key_is_compared_in_constant_time(keyed, monkeypatch):
     assert (await keyed.get("/v1/models", headers={"Authorization": f"Bearer {KEY}"})).status == 200
     assert (await keyed.get("/metrics", headers={"Authorization": f"Bearer {KEY}"})).status == 200
     assert (await keyed.get("/metrics", headers={"Authorization": "Bearer guess"})).status == 401
-    assert seen == [(f"Bearer {KEY}".encode(), f"Bearer {KEY}".encode())] * 2 + [(b"Bearer guess", f"Bearer {KEY}".encode())]
+    right = f"Bearer {KEY}".encode()
+    assert seen == [(right, right), (right, right), (b"Bearer guess", right)]
 
 
 async def test_metrics_stay_open_unless_metrics_auth(upstream, fake, proxy_client):
@@ -646,7 +647,7 @@ async def test_hostile_code_fails_its_task_and_the_run_goes_on(aiohttp_server, t
             listener.accept()  # nobody connected
     rows = read_rows(out / "results.jsonl")
     assert len(rows) == len(programs) and len(replies) == 2 * len(programs)
-    for name, row in zip(programs, rows):
+    for name, row in zip(programs, rows, strict=True):
         assert row["passed"] is False and row["error"] is None, name
         assert row["tool_calls"][0]["name"] == "python" and row["grade_detail"], name
         observation = row["messages"][3]["content"]
@@ -734,3 +735,31 @@ def test_python_m_proxy_binds_loopback_and_logs_no_secret(fake_upstream_process,
     assert "serving on http://127.0.0.1" in text
     assert "upstream-secret-88" not in text and "client-secret-77" not in text
 
+
+
+# --- the in-process llama.cpp backend and chat content it cannot template ---
+
+def test_llama_backend_joins_text_parts_and_refuses_others():
+    from backends.base import BackendError
+    from backends.llama import _text_messages
+    parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
+    msgs = [{"role": "system", "content": None}, {"role": "user", "name": "u", "content": parts}]
+    assert _text_messages(msgs) == [{"role": "system", "content": ""}, {"role": "user", "name": "u", "content": "ab"}]
+    with pytest.raises(BackendError) as e:
+        _text_messages([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}])
+    assert (e.value.status, e.value.param) == (400, "messages[0].content")
+
+
+def test_llama_backend_template_refusal_is_a_400():
+    import jinja2
+
+    from backends.base import BackendError, GenRequest
+    from backends.llama import LlamaBackend
+    backend = LlamaBackend("m", {"source": "unused.gguf"})
+
+    def refuse(messages):
+        raise jinja2.TemplateError("Conversation roles must alternate user/assistant/user/assistant")
+    backend.formatter = refuse
+    with pytest.raises(BackendError) as e:
+        backend._prompt_tokens(None, GenRequest("chat", "m", {"messages": MSG}))
+    assert e.value.status == 400 and "alternate" in e.value.message and e.value.code == "invalid_messages"
