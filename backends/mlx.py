@@ -1,0 +1,369 @@
+"""In-process MLX (mlx-lm): the engine Mac users compare against llama.cpp.
+
+To the proxy it behaves like the llama.cpp backend: the same events, token counts
+and stop handling. Underneath, one worker thread owns the model and an mlx-lm
+``BatchGenerator`` (continuous batching): up to ``max_batch`` requests decode
+together, each with its own sampler and limits; later requests wait in a FIFO and
+report ``Scheduled`` when they join the batch. Tokens reach the event loop through
+``call_soon_threadsafe``; a closed generator (client gone) is dropped from the batch
+before the next token and its slot is freed.
+
+Make a model folder from a GGUF with ``python -m backends.convert``.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import json
+import os
+import queue
+import sys
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+from .base import Backend, BackendError, Event, Finish, GenRequest, Scheduled, TextDelta, Usage
+from .llama import _StopFilter
+
+
+def _use_system_blas() -> str | None:
+    """mlx[cpu] wheels for Linux link the reference BLAS (~2 GFLOP/s here). Loading the system
+    OpenBLAS (apt: libopenblas0-pthread) globally before mlx makes its ``cblas_sgemm`` calls bind
+    there instead (~20x on matmuls). EDGEMETER_MLX_BLAS: ``auto`` (default), ``off``, or a path."""
+    choice = os.environ.get("EDGEMETER_MLX_BLAS", "auto")
+    if choice == "off" or sys.platform != "linux" or "mlx.core" in sys.modules:
+        return None
+    path = ctypes.util.find_library("openblas") if choice == "auto" else choice
+    if path is None:
+        return None
+    ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+    return path
+
+
+BLAS = _use_system_blas()
+
+import mlx.core as mx  # noqa: E402  (after the BLAS choice above)
+from mlx_lm import load  # noqa: E402
+from mlx_lm.generate import BatchGenerator  # noqa: E402
+from mlx_lm.sample_utils import apply_top_p, make_logits_processors, make_sampler  # noqa: E402
+
+SETTINGS = {"path", "max_batch", "n_ctx", "warmup", "temperature", "top_p", "max_tokens"}
+
+
+def seeded_sampler(temp: float, top_p: float, seed: int) -> Callable:
+    """``make_sampler(temp, top_p)`` drawing from its own random key instead of MLX's global one,
+    so a seeded request repeats whatever else shares the batch."""
+    key = mx.random.key(seed)
+
+    def sample(logprobs):
+        nonlocal key
+        key, draw = mx.random.split(key)
+        if 0 < top_p < 1:
+            logprobs = apply_top_p(logprobs, top_p)
+        return mx.random.categorical(logprobs * (1 / temp), key=draw)
+    return sample
+
+
+class TextStream:
+    """Incremental detokenization whose pieces join to ``tokenizer.decode(all ids)``: each step
+    decodes a short window (the last emitted tokens for context, plus the new ones) and emits
+    what it adds, holding back incomplete UTF-8. Special tokens are skipped, as llama.cpp does."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = self.read = 0
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        return self._advance(final=False)
+
+    def flush(self) -> str:
+        return self._advance(final=True) if self.read < len(self.ids) else ""
+
+    def _advance(self, final: bool) -> str:
+        before = self._decode(self.ids[self.prefix:self.read])
+        after = self._decode(self.ids[self.prefix:])
+        if len(after) <= len(before) or (after.endswith("\ufffd") and not final):
+            return ""
+        self.prefix, self.read = self.read, len(self.ids)
+        return after[len(before):]
+
+
+@dataclass(eq=False)
+class _Job:
+    """One request as the worker thread sees it."""
+    req: GenRequest
+    emit: Callable[[Any], None]        # thread-safe: hands an event (or error) to the loop
+    release: Callable[[], None]        # thread-safe: frees the request's slot
+    cancel: threading.Event
+    prompt: list[int] = field(default_factory=list)
+    stops: _StopFilter | None = None
+    text: TextStream | None = None
+    produced: int = 0
+    unreported: int = 0
+    cpu_s: float = 0.0
+
+
+class MLXBackend(Backend):
+    kind = "mlx"
+    in_process = True
+
+    def __init__(self, name: str, settings: dict):
+        super().__init__(name)
+        unknown = set(settings) - SETTINGS
+        if unknown:
+            raise ValueError(f"{sorted(unknown)[0]}: unknown setting for backend mlx (known: {', '.join(sorted(SETTINGS))})")
+        if not isinstance(settings.get("path"), str):
+            raise ValueError("path: required: an MLX model folder (make one with python -m backends.convert)")
+        self.path = Path(settings["path"]).expanduser()
+        for key in ("max_batch", "n_ctx", "max_tokens"):
+            v = settings.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{key}: must be a positive integer")
+        for key, lo, hi in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0)):
+            v = settings.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi):
+                raise ValueError(f"{key}: must be a number in [{lo}, {hi}]")
+        self.max_batch = settings.get("max_batch", 4)
+        self.max_tokens = settings.get("max_tokens")
+        self.temperature = float(settings.get("temperature", 1.0))  # OpenAI's defaults
+        self.top_p = float(settings.get("top_p", 1.0))
+        self.warmup = bool(settings.get("warmup", True))
+        self.waiting = 0
+        self.active = 0  # requests in the batch now
+        self.model = self.tokenizer = None
+        self.n_ctx = settings.get("n_ctx")  # default: the model's max_position_embeddings
+        self._slots: asyncio.Semaphore | None = None
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ---
+    async def start(self) -> None:
+        if not (self.path / "config.json").is_file():
+            raise FileNotFoundError(f"no MLX model folder at {self.path} "
+                                    "(make one: python -m backends.convert --gguf SOURCE --out DIR)")
+        self._slots = asyncio.Semaphore(self.max_batch)
+        loaded: Future = Future()
+        self._thread = threading.Thread(target=self._serve, args=(loaded,), name=f"mlx-{self.name}", daemon=True)
+        self._thread.start()
+        await asyncio.wrap_future(loaded)
+        self.ready = True
+
+    async def close(self) -> None:
+        self.ready = False
+        if self._thread is not None:
+            self._inbox.put(None)
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        self.model = None
+
+    def count_tokens(self, text: str) -> int | None:
+        if self.tokenizer is None:
+            return None
+        return len(self.tokenizer.encode(text, add_special_tokens=False)) if text else 0
+
+    # --- requests (event loop side) ---
+    async def generate(self, req: GenRequest) -> AsyncIterator[Event]:
+        if self._thread is None:
+            raise BackendError(f"model {self.name} is not loaded", status=503, cause="not_ready",
+                               type="server_error")
+        loop = asyncio.get_running_loop()
+        self.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        if self._thread is None:  # closed while this request waited
+            self._slots.release()
+            raise BackendError(f"model {self.name} is closed", status=503, cause="backend_closed",
+                               type="server_error")
+        events: asyncio.Queue = asyncio.Queue()
+        cancel = threading.Event()
+
+        def to_loop(fn, *args):
+            try:
+                loop.call_soon_threadsafe(fn, *args)
+            except RuntimeError:  # loop already closed: nobody is listening any more
+                pass
+        self._inbox.put(_Job(req, emit=lambda ev: to_loop(events.put_nowait, ev),
+                             release=lambda: to_loop(self._slots.release), cancel=cancel))
+        try:
+            while True:
+                ev = await events.get()
+                if isinstance(ev, BaseException):
+                    raise ev
+                yield ev
+                if isinstance(ev, Usage):
+                    break
+        finally:
+            cancel.set()
+
+    # --- worker thread: owns every MLX call ---
+    def _serve(self, loaded: Future) -> None:
+        try:
+            self.model, self.tokenizer, config = load(str(self.path), return_config=True)
+            self.n_ctx = self.n_ctx or int(config.get("max_position_embeddings") or config.get(
+                "text_config", {}).get("max_position_embeddings") or 4096)
+            self.eos = set(self.tokenizer.eos_token_ids)
+            if self.warmup:
+                self._warmup()
+        except BaseException as e:
+            loaded.set_exception(e)
+            return
+        loaded.set_result(None)
+        gen, jobs = self._new_batch(), {}
+        closing = False
+        while not closing:
+            try:
+                closing = self._admit(gen, jobs)
+                self._step(gen, jobs)
+            except Exception as e:  # fail the batch, keep serving
+                for job in jobs.values():
+                    job.emit(BackendError(f"mlx failed: {e}", status=500, cause="backend_failure",
+                                          type="server_error"))
+                    self._end(job)
+                gen, jobs = self._new_batch(), {}
+        closed = BackendError("backend closed", status=503, cause="backend_closed", type="server_error")
+        for job in jobs.values():
+            job.emit(closed)
+            self._end(job)
+        while True:  # requests still in the inbox never joined the batch
+            try:
+                job = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job.emit(closed)
+                job.release()
+        gen.close()
+
+    def _step(self, gen: BatchGenerator, jobs: dict) -> None:
+        """Drop cancelled requests, then advance the batch by one token (or one prefill chunk)."""
+        gone = [uid for uid, job in jobs.items() if job.cancel.is_set()]
+        if gone:
+            gen.remove(gone)
+            for uid in gone:
+                self._end(jobs.pop(uid))
+        if not jobs:
+            return
+        cpu0 = time.process_time()
+        _, responses = gen.next()
+        t = time.perf_counter()
+        # MLX computes on its own threads (and BLAS's), so the worker's thread_time misses most
+        # of the work: split the process CPU time of the step among the requests in it.
+        share = (time.process_time() - cpu0) / len(jobs)
+        for job in jobs.values():
+            job.cpu_s += share
+        for r in responses:
+            job = jobs[r.uid]
+            if self._on_token(job, r.token, r.finish_reason, t):
+                if r.finish_reason is None:  # stopped by a stop string: still in the batch
+                    gen.remove([r.uid])
+                self._end(jobs.pop(r.uid))
+
+    def _new_batch(self) -> BatchGenerator:
+        return BatchGenerator(self.model, stop_tokens=[[t] for t in self.eos],
+                              completion_batch_size=self.max_batch, prefill_batch_size=self.max_batch)
+
+    def _admit(self, gen: BatchGenerator, jobs: dict) -> bool:
+        """Move new requests into the batch (blocking while idle). True when asked to close."""
+        while True:
+            try:
+                job = self._inbox.get(block=not jobs)
+            except queue.Empty:
+                return False
+            if job is None:
+                return True
+            if job.cancel.is_set():
+                job.release()
+                continue
+            try:
+                uid = self._insert(gen, job)
+            except Exception as e:
+                job.emit(e if isinstance(e, BackendError) else BackendError(
+                    f"invalid request for mlx: {e}", status=400, cause="bad_request", type="invalid_request_error"))
+                job.release()
+                continue
+            jobs[uid] = job
+            self.active += 1
+            job.emit(Scheduled())
+
+    def _insert(self, gen: BatchGenerator, job: _Job) -> int:
+        req, body = job.req, job.req.body
+        job.prompt = self._prompt_tokens(req)
+        budget = self.n_ctx - len(job.prompt)
+        if budget <= 0:
+            raise BackendError(f"prompt has {len(job.prompt)} tokens; the context window is {self.n_ctx}",
+                               status=400, cause="context_length_exceeded", type="invalid_request_error",
+                               param="messages", code="context_length_exceeded")
+        max_tokens = min(req.max_tokens or self.max_tokens or budget, budget)
+        temp = float(body.get("temperature", self.temperature))
+        top_p = float(body.get("top_p", self.top_p))
+        if temp > 0 and body.get("seed") is not None:
+            sampler = seeded_sampler(temp, top_p, int(body["seed"]) & 0xFFFFFFFF)
+        else:
+            sampler = make_sampler(temp, top_p)
+        processors = make_logits_processors(presence_penalty=body.get("presence_penalty"),
+                                            frequency_penalty=body.get("frequency_penalty"))
+        job.stops, job.text = _StopFilter(req.stop), TextStream(self.tokenizer)
+        return gen.insert([job.prompt], [max_tokens], samplers=[sampler], logits_processors=[processors])[0]
+
+    def _prompt_tokens(self, req: GenRequest) -> list[int]:
+        if req.kind == "completion":
+            return self.tokenizer.encode(req.body["prompt"])
+        if req.body.get("tools"):
+            raise BackendError("tools are not supported by the mlx backend; use a text tool protocol",
+                               status=400, cause="unsupported", type="invalid_request_error", param="tools",
+                               code="unsupported_parameter")
+        if self.tokenizer.chat_template is None:
+            raise BackendError(f"model {self.name} has no chat template; use /v1/completions", status=400,
+                               cause="unsupported", type="invalid_request_error", param="messages")
+        return list(self.tokenizer.apply_chat_template(req.body["messages"], add_generation_prompt=True))
+
+    def _on_token(self, job: _Job, token: int, reason: str | None, t: float) -> bool:
+        """Account one generated token; True when the request is finished."""
+        if reason == "stop":  # an end-of-generation token: not part of the text
+            return self._finish(job, "stop", t, flush=True)
+        job.produced += 1
+        job.unreported += 1
+        text, hit = job.stops.feed(job.text.add(token))
+        if text:
+            job.emit(TextDelta(text, job.unreported, t))
+            job.unreported = 0
+        if hit:
+            return self._finish(job, "stop", t, flush=False)
+        if reason == "length":
+            return self._finish(job, "length", t, flush=True)
+        return False
+
+    def _finish(self, job: _Job, reason: str, t: float, flush: bool) -> bool:
+        if flush:  # text held back for a stop string that never came, or an unfinished character
+            tail = job.stops.feed(job.text.flush())[0] + job.stops.pending
+            if tail:
+                job.emit(TextDelta(tail, job.unreported, t))
+        job.emit(Finish(reason, t))
+        job.emit(Usage(len(job.prompt), job.produced, cpu_s=job.cpu_s, t=t))
+        return True
+
+    def _end(self, job: _Job) -> None:
+        self.active -= 1
+        job.release()
+
+    def _warmup(self) -> None:
+        """Run greedy and sampled batches once so first requests do not pay for compiling the
+        samplers or allocating buffers; mx.eval of the weights is done by load()."""
+        ids = self.tokenizer.encode("Hello, how are you today?")
+        gen = self._new_batch()
+        gen.insert([ids, ids[:-1]], [3, 3], samplers=[make_sampler(0.0), make_sampler(0.7, 0.9)])
+        while gen.next_generated():
+            pass
+        gen.close()
+        mx.synchronize()
