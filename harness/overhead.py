@@ -260,7 +260,9 @@ def _ms(v):
 def report(rows: list[dict], info: dict) -> str:
     lines = [f"# Proxy overhead ({info['created']})", "",
              f"Machine: {info['machine']['cpu']}, {info['machine']['cores']} cores, {info['machine']['system']}, "
-             f"Python {info['machine']['python']}. Command: `{info['command']}`", "",
+             f"Python {info['machine']['python']}; 1-minute load average {info['loadavg']['before']:.1f} before, "
+             f"{info['loadavg']['after']:.1f} after (other work on the machine shows there). "
+             f"Command: `{info['command']}`", "",
              "## Latency added by the proxy (proxy minus direct, same percentile; ms)", "",
              table(["scenario", "TTFT p50", "TTFT p99", "E2E p50", "E2E p99", "chunk p50", "chunk p99",
                     "direct E2E p50", "direct chunk p99", "proxy chunk p99"],
@@ -329,8 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-s", type=float, default=0.5, help="uncounted batch per path before each scenario")
     p.add_argument("--small-tokens", type=int, default=16)
     p.add_argument("--stream-tokens", type=int, default=256)
-    p.add_argument("--paced-tokens", type=int, default=50)
-    p.add_argument("--paced-itl-ms", type=float, default=20.0)
+    p.add_argument("--paced-tokens", type=int, default=24)
+    p.add_argument("--paced-itl-ms", type=float, default=50.0,
+                   help="gap between tokens of a paced stream (50 ms: 20 tokens/s, a busy server)")
     p.add_argument("--proxy-env", action="append", default=[], metavar="NAME=VALUE",
                    help="environment for the proxy process (repeatable)")
     p.add_argument("--out", help="directory for overhead.json and overhead.md")
@@ -358,6 +361,7 @@ def main(argv: list[str]) -> int:
         print(f"overhead: unknown scenario {unknown[0]!r} (small, stream, paced)", file=sys.stderr)
         return 2
     scenarios = [Scenario(n, *shapes[n], c) for n in names for c in levels]
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="edgemeter-overhead-") as tmp:
         tmp = Path(tmp)
         up_port, proxy_port = free_port(), free_port()
@@ -384,6 +388,7 @@ def main(argv: list[str]) -> int:
             upstream.terminate()
             upstream.wait(10)
     info = {"created": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": machine(),
+            "loadavg": {"before": load_before[0], "after": os.getloadavg()[0]},
             "command": " ".join(["python -m harness overhead", *argv])}
     text = report(rows, info)
     print(text)
