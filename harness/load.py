@@ -148,7 +148,9 @@ def summarize(samples: list[Sample], slo: dict[str, float] | None = None, percen
     measured = [s for s in samples if not s.warmup]
     ok = [s for s in measured if s.result.ok]
     duration = (max(s.done for s in measured) - min(s.sent for s in measured)) if measured else 0.0
-    rate = (lambda n: n / duration if duration > 0 else None)
+
+    def rate(n: float) -> float | None:
+        return n / duration if duration > 0 else None
     total_in = sum(s.result.prompt_tokens for s in ok)
     total_out = sum(s.output_tokens for s in ok)
     series = {
@@ -305,8 +307,9 @@ def table(headers: list[str], rows: list[list]) -> str:
     """A Markdown table, readable as plain text too."""
     cells = [[_cell(v) for v in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-    line = lambda vals: "| " + " | ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in
-                                          enumerate(zip(vals, widths))) + " |"
+
+    def line(vals: list[str]) -> str:
+        return "| " + " | ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(vals, widths))) + " |"
     return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)])
 
 

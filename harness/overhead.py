@@ -20,7 +20,6 @@ client's.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import subprocess
