@@ -23,7 +23,7 @@ from .config import Config
 from .device import Devices
 from .energy import ComputeEnergy
 from .errors import APIError, bad_request
-from .meter import NetTally, RequestLog, RequestMeter
+from .meter import NetTally, RequestLog, RequestMeter, Timeline
 from .router import Route, Router
 
 log = logging.getLogger("edgemeter")
@@ -213,6 +213,8 @@ def finish(request: web.Request, route: Route, meter: RequestMeter, status: int,
         meter.compute_j, meter.compute_method = request.app[ENERGY].joules(meter.cpu_s, meter.t_scheduled or
                                                                            meter.t_received, time.perf_counter())
     record = meter.finish(status, cause)
+    if meter.timeline is not None:
+        record["trace"] = meter.trace(route.backend.in_process)
     if route.session:
         route.session.add(record)
     request.app[LOG].write(record)
@@ -358,6 +360,8 @@ async def stream_events(request, response, route: Route, meter: RequestMeter, ev
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     chunks = Chunks(kind, route.model, meter.request_id, include_usage)
     source = frames(events, chunks, meter)
+    if request.app[CONFIG].server.record_traces:
+        source = meter.tapped(source)
     t0 = time.perf_counter()
     meter.backend_started(t0)
     try:
@@ -380,6 +384,8 @@ async def stream_events(request, response, route: Route, meter: RequestMeter, ev
 
 async def complete(request, route: Route, meter: RequestMeter, events, kind: str) -> web.Response:
     meter.backend_started(time.perf_counter())
+    if request.app[CONFIG].server.record_traces:
+        meter.timeline = Timeline(stream=False)
     text, calls = [], {}
     try:
         async for ev in events:
@@ -410,6 +416,8 @@ async def complete(request, route: Route, meter: RequestMeter, events, kind: str
     out = {"id": meter.request_id, "object": obj, "created": int(time.time()), "model": route.model,
            "choices": [choice], "usage": usage(meter)}
     payload = orjson.dumps(out)
+    if meter.timeline is not None:  # the whole body is one frame, sent when generation ends
+        meter.timeline.frames.append((time.perf_counter(), len(payload), meter.completion_tokens))
     if route.down:
         await sleep_until(route.down.send("down", time.perf_counter(), len(payload), meter.net))
     meter.bytes_down = len(payload)

@@ -71,7 +71,7 @@ class RequestMeter:
                  "t_received", "t_backend", "t_scheduled", "t_first_token", "t_backend_first", "t_last_token",
                  "t_end", "last_delivery", "itl_child", "prompt_tokens", "completion_tokens", "usage_source",
                  "bytes_up", "bytes_down", "net", "cpu_s", "compute_j", "compute_method", "finish_reason",
-                 "chunks", "_running")
+                 "chunks", "timeline", "_running")
 
     def __init__(self, model: str, backend: str, mode: str, network: str, device: str, session: str | None,
                  t_received: float, bytes_up: int):
@@ -93,6 +93,7 @@ class RequestMeter:
         self.compute_method = None
         self.finish_reason = None
         self.chunks = 0
+        self.timeline = None  # a Timeline when server.record_traces is on
         self._running = child(m.RUNNING, *self.labels)
         self._running.inc()
 
@@ -179,6 +180,44 @@ class RequestMeter:
             "radio_j": self.net.radio_j, "compute_j": self.compute_j, "compute_energy_method": self.compute_method,
             "cpu_s": self.cpu_s, "energy_per_token_j": per_token,
         }
+
+    # --- the call's timeline, for python -m harness replay ---
+    def tapped(self, source):
+        """Pass stream frames (bytes, tokens, produced at) through, keeping each one's time, size and tokens."""
+        self.timeline = Timeline(stream=True)
+        return _tap(source, self.timeline.frames)
+
+    def trace(self, in_process: bool) -> dict:
+        """The timeline with times in seconds after the request reached the model (received plus
+        the simulated uplink), so it holds only what the network does not change: generation."""
+        ref = self.t_received + self.net.up.total
+        frames = self.timeline.frames
+        return {
+            "v": 1, "received_at": time.time() - (time.perf_counter() - self.t_received),
+            "up_s": self.net.up.total, "stream": self.timeline.stream, "in_process": in_process,
+            "queue_s": None if self.t_scheduled is None else max(0.0, self.t_scheduled - ref),
+            "first_token_s": None if self.t_backend_first is None else self.t_backend_first - ref,
+            "tail_s": self.t_end - (self.t_last_token if self.t_last_token is not None else self.t_end),
+            "frames": [[round(t - ref, 6), n, tokens] for t, n, tokens in frames],
+        }
+
+
+class Timeline:
+    """Each frame's (produced at, bytes, tokens), in the order the backend made them."""
+    __slots__ = ("stream", "frames")
+
+    def __init__(self, stream: bool):
+        self.stream = stream
+        self.frames: list[tuple[float, int, int]] = []
+
+
+async def _tap(source, frames: list):
+    try:
+        async for frame in source:
+            frames.append((frame[2], len(frame[0]), frame[1]))
+            yield frame
+    finally:
+        await source.aclose()
 
 
 class RequestLog:
