@@ -105,7 +105,9 @@ async def errors_and_auth(request: web.Request, handler):
         if "Allow" in e.headers:  # a 405 must say which methods the route has (RFC 9110)
             response.headers["Allow"] = e.headers["Allow"]
         return response
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:  # the client left mid-response: no one to answer, and no error to log
+        return web.Response(status=499)
+    except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("unhandled error on %s", request.path)

@@ -313,7 +313,7 @@ def rss() -> int:
 
 
 @pytest.mark.parametrize("headers", [{}, HYBRID], ids=["local", "hybrid"])
-async def test_client_disconnect_mid_stream_cancels_the_upstream_request(upstream, proxy, headers):
+async def test_client_disconnect_mid_stream_cancels_the_upstream_request(upstream, proxy, headers, caplog):
     before = await metric(proxy, "edgemeter_request_errors_total", model="slow", cause="client_disconnected")
     reader, writer = await raw(proxy, request_bytes({"model": "slow", "messages": MSG, "stream": True}, headers))
     await asyncio.wait_for(reader.readuntil(b"t1 "), 5)  # tokens are flowing
@@ -325,10 +325,11 @@ async def test_client_disconnect_mid_stream_cancels_the_upstream_request(upstrea
     await eventually(idle, "in-flight back to zero")
     assert await metric(proxy, "edgemeter_request_errors_total", model="slow",
                         cause="client_disconnected") == before + 1
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR]  # a client leaving is no error
 
 
 @pytest.mark.parametrize("headers", [{}, HYBRID], ids=["local", "hybrid"])
-async def test_a_reader_that_stops_reading_pauses_the_upstream(upstream, proxy, headers):
+async def test_a_reader_that_stops_reading_pauses_the_upstream(upstream, proxy, headers, caplog):
     """Backpressure: the endless upstream can only get as far ahead as the socket buffers and
     the proxy's bounded stream buffer allow; it never fills the proxy's memory."""
     rss0 = rss()
@@ -345,6 +346,11 @@ async def test_a_reader_that_stops_reading_pauses_the_upstream(upstream, proxy, 
     assert await reader.readexactly(1 << 20)  # still streaming once the client reads again
     writer.close()
     await asyncio.wait_for(upstream.closed.wait(), 5)
+
+    async def idle():
+        return await in_flight(proxy) == 0
+    await eventually(idle, "in-flight back to zero")
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
 
 
 async def test_a_body_cut_short_by_a_closed_connection_leaves_the_proxy_healthy(proxy, caplog):
