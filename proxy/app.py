@@ -155,6 +155,7 @@ async def generate(request: web.Request, kind: str) -> web.StreamResponse:
     try:
         if route.up:  # the request crosses the device link before the cloud sees it
             await sleep_until(route.up.send("up", time.perf_counter(), nbytes, meter.net))
+        meter.backend_started(time.perf_counter())
         events = route.backend.generate(GenRequest(kind, route.model, body))
         if stream:
             events = await primed(events)  # failures before the first token keep their HTTP status

@@ -99,7 +99,9 @@ class RequestMeter:
 
     # --- events, in the order they happen ---
     def backend_started(self, t: float) -> None:
-        self.t_backend = t
+        """The backend was asked (after any simulated upload); set once, before it is first read."""
+        if self.t_backend is None:
+            self.t_backend = t
 
     def scheduled(self, t: float) -> None:
         self.t_scheduled = t
