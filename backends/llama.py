@@ -127,7 +127,8 @@ class LlamaBackend(Backend):
         self.n_slots = settings.get("slots", 1)
         self.n_batch = settings.get("n_batch", 512)
         # llama-cpp-python's default, one thread per physical core (cpu_count / 2), shared by the
-        # slots: more threads than cores spin-wait against each other and decode far slower.
+        # slots, for prompt and decode alike (its prompt default is every logical core): more
+        # threads than cores spin-wait against each other, 2.5x slower prompts here under load.
         self.n_threads = settings.get("n_threads") or max(1, (os.cpu_count() or 2) // 2 // self.n_slots)
         self.chat_format = settings.get("chat_format")
         self.warmup = bool(settings.get("warmup", True))
@@ -146,7 +147,7 @@ class LlamaBackend(Backend):
         path = str(resolve_model(self.source))
         for _ in range(self.n_slots):
             self.llms.append(await asyncio.to_thread(_load, path, n_ctx=self.n_ctx, n_batch=self.n_batch,
-                                                     n_threads=self.n_threads))
+                                                     n_threads=self.n_threads, n_threads_batch=self.n_threads))
         self.formatter = chat_formatter(self.llms[0], self.chat_format)
         self.executor = ThreadPoolExecutor(self.n_slots, thread_name_prefix=f"llama-{self.name}")
         self.slots = asyncio.Queue()
