@@ -84,7 +84,8 @@ async def main_async(args) -> None:
         yaml.safe_dump(cfg, f)
     proxy = subprocess.Popen([sys.executable, "-m", "proxy", "--config", f.name], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-    llm = llama_cpp.Llama(path, n_ctx=2048, verbose=False)  # same thread default as the proxy's backend
+    threads = max(1, (os.cpu_count() or 2) // 2)  # the proxy backend's default
+    llm = llama_cpp.Llama(path, n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as s:
