@@ -43,7 +43,6 @@ from proxy.radio import RADIO_PROFILES
 from proxy.router import Session as ProxySession
 
 from . import trace as tr
-from .results import ResultsFile
 from .run import task_totals
 from .stats import mean, percentile
 
@@ -123,7 +122,8 @@ class Replayer:
             "n_llm_calls": len(s.calls), "n_tool_calls": task.get("n_tool_calls"),
             "llm_wall_s": sum(c["e2e_s"] for c in llm_calls), "tool_wall_s": s.tool_s,
             **task_totals(llm_calls, out),
-            "radio": self.preset.radio, "promotions": (radio.promotions - promotions0) if radio else 0,
+            "radio": self.preset.radio if dev is not None else None,  # local mode keeps the radio idle
+            "promotions": (radio.promotions - promotions0) if radio else 0,
             "llm_calls": llm_calls, "tool_calls": task.get("tool_calls") or [], "session_record": out,
             "replay": {"recorded_mode": s.mode, "recorded_network": s.network, "recorded_wall_s": s.wall_s,
                        "source": s.source, "seed": self.seed, "flags": s.flags},
@@ -269,17 +269,14 @@ def main(argv: list[str]) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = out / "results.jsonl"
-    if results.exists():
-        results.unlink()  # a replay is recomputed whole, never resumed
-    rf = ResultsFile(results)
-    try:
-        for row in rows:
-            rf.append(row)
-    finally:
-        rf.close()
+    # Recomputed whole, never resumed: one write, not a live run's fsync per attempt.
+    tmp = out / "results.jsonl.tmp"
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(row, separators=(",", ":"), default=str) + "\n" for row in rows)
+    os.replace(tmp, out / "results.jsonl")
     info = _source_info(args.traces)
-    info_args = {**(info.get("args") or {}), "base_url": "replay of " + ", ".join(args.traces)}
+    seen = {k: ",".join(sorted({str(s.task.get(k)) for s in usable})) for k in ("dataset", "protocol")}
+    info_args = {**seen, **(info.get("args") or {}), "base_url": "replay of " + ", ".join(args.traces)}
     kept = {id(s) for s in usable}
     skipped = [{"session": s.id, "device": s.device, "source": s.source, "reasons": s.flags}
                for s in flagged if id(s) not in kept]
@@ -323,7 +320,7 @@ def table(rows: list[dict]) -> str:
         ttft = [c["edgemeter"]["ttft_s"] for r in g for c in r["llm_calls"] if c["edgemeter"]["ttft_s"] is not None]
         wall = [r["wall_s"] for r in g]
         netd = sum(r["net_delay_s"] or 0.0 for r in g)
-        cells = [f"{mode} / {net}", g[0]["radio"], str(len(g)), f"{percentile(wall, 50):.3f}",
+        cells = [f"{mode} / {net}", g[0]["radio"] or "-", str(len(g)), f"{percentile(wall, 50):.3f}",
                  f"{percentile(ttft, 50):.3f}" if ttft else "n/a", f"{netd / sum(wall):.3f}" if sum(wall) else "n/a",
                  f"{percentile([r['radio_j'] or 0.0 for r in g], 50):.3f}",
                  f"{percentile([r['compute_j'] or 0.0 for r in g], 50):.3f}", f"{mean([r['promotions'] for r in g]):.2f}"]

@@ -15,10 +15,10 @@ from harness import trace as tr
 from harness.results import read_rows
 from proxy.energy import ComputeEnergy
 from proxy.link import HEADER, presets_from_config
-
-from harness_fixtures import data_dir
 from tests.conftest import make_config, wait_ready
 from tests.fake_upstream import chunk
+
+from harness_fixtures import data_dir
 
 # 4G without jitter or loss: every delay is a closed form.
 FIXED = {"fixed4g": {"base": "4g", "jitter_ms": 0, "loss": 0.0}}
@@ -167,8 +167,9 @@ def test_cli_skips_flagged_sessions_and_reports_why(tmp_path, capsys):
     assert "| hybrid / wifi | wifi | 1 |" in capsys.readouterr().out
     assert replay.main(argv + ["--keep-flagged", "--radio", "3g"]) == 0
     rows = read_rows(out / "results.jsonl")
-    assert {r["session"] for r in rows} == {"good", "bad"} and {r["radio"] for r in rows if r["mode"] != "local"} == {"3g"}
-    assert [r["replay"]["flags"] for r in rows if r["session"] == "bad"][0]
+    assert {r["session"] for r in rows} == {"good", "bad"}
+    assert {r["radio"] for r in rows if r["mode"] != "local"} == {"3g"}
+    assert next(r["replay"]["flags"] for r in rows if r["session"] == "bad")
 
 
 # --- a live recording through a real proxy ---

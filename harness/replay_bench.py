@@ -1,0 +1,229 @@
+"""``python -m harness.replay_bench``: does replay give what a live run measures, and how much
+faster is a sweep?
+
+1. Live: each sweep point (local, hybrid/wifi, hybrid/4g, cloud/4g) runs the same GSM8K tasks
+   through ``harness run``, one at a time, on a fresh proxy (config.yaml's model, in-process,
+   with ``server.record_traces``): fresh links and idle radios per point, as replay assumes.
+   One local call warms the model first; harness warm-ups are off, so every session is recorded.
+   Local runs first (the recording) and again last: two live runs of the same thing, whose
+   difference is the generation noise any live comparison carries.
+2. Replay the ``local`` recording under every point (the proxy's seed and the same device id:
+   the same random network draws whenever the model emits the same frames), and each live
+   run's own recording under its own point ("self"): replay's error without generation noise.
+3. Medians per metric, live against replay. Live runs regenerate every token, so their
+   difference also holds generation-time noise; the table shows how far generation drifted.
+4. Speed: ``--sweep-tasks`` sessions made from the local recording (repeated under new ids,
+   back to back on one device) replayed over 7 presets x 3 modes by ``python -m harness replay``
+   as a subprocess, against what the same task runs would take live.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from proxy.energy import ComputeEnergy
+from proxy.link import presets_from_config
+
+from . import replay, run
+from . import trace as tr
+from .quickstart import _free_port, _wait_ready
+from .results import read_rows
+from .stats import percentile
+
+# The recording comes first; local runs again last, as a live rerun of the recording: the noise floor.
+POINTS = [("local", "local", "local-local"), ("hybrid", "wifi", "hybrid-wifi"), ("hybrid", "4g", "hybrid-4g"),
+          ("cloud", "4g", "cloud-4g"), ("local", "local", "local-local-rerun")]
+SWEEP_NETWORKS = ["local", "lan", "wifi", "5g", "4g", "poor_cellular", "edge_case"]
+METRICS = ("wall_s", "radio_j", "net_delay_s", "energy_j", "call_ttft_s", "call_e2e_s")
+TARGET = {"wall_s": 5.0, "radio_j": 5.0}  # % at the median
+
+
+def _post(url: str, body: dict, headers: dict | None = None) -> None:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        r.read()
+
+
+def live_point(cfg: dict, mode: str, network: str, out: Path, run_args: list[str]) -> float:
+    """One sweep point on its own proxy; returns the harness run's wall time."""
+    port = _free_port()
+    cfg_path = out / "proxy.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    with open(out / "proxy.log", "wb") as log:
+        proxy = subprocess.Popen([sys.executable, "-m", "proxy", "--config", str(cfg_path), "--port", str(port)],
+                                 stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait_ready(f"http://127.0.0.1:{port}/readyz", proxy)
+            model = next(iter(cfg["models"]))
+            _post(f"http://127.0.0.1:{port}/v1/chat/completions",
+                  {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8},
+                  {"X-Edgemeter-Mode": "local", "X-Edgemeter-Device": "warm-up"})
+            t0 = time.perf_counter()
+            code = run.main(["--base-url", f"http://127.0.0.1:{port}/v1", "--out", str(out), "--modes", mode,
+                             "--networks", network, "--device", "bench", "--warmup", "0", "--no-progress",
+                             *run_args])
+            took = time.perf_counter() - t0
+            if code:
+                raise SystemExit(f"harness run failed for {mode}/{network} (exit {code})")
+            return took
+        finally:
+            proxy.terminate()
+            proxy.wait(15)
+
+
+def _medians(rows: list[dict]) -> dict:
+    calls = [c["edgemeter"] for r in rows for c in r["llm_calls"] if c.get("edgemeter")]
+    m = {k: percentile([float(r[k] or 0.0) for r in rows], 50) for k in ("wall_s", "radio_j", "net_delay_s",
+                                                                           "energy_j")}
+    m["call_ttft_s"] = percentile([c["ttft_s"] for c in calls if c.get("ttft_s") is not None], 50)
+    m["call_e2e_s"] = percentile([c["e2e_s"] for c in calls], 50)
+    return m
+
+
+def _generation_s(sessions: list[tr.Session]) -> list[float]:
+    """Per call: the model's time from the request's arrival to its last frame."""
+    return [c.frames[-1][0] for s in sessions for c in s.calls if c.frames]
+
+
+def _same_output(a: list[tr.Session], b: list[tr.Session]) -> int:
+    """Tasks whose calls sent and received the same bytes frame by frame in both recordings."""
+    key = {s.task.get("task_id"): [(c.bytes_up, [f[1] for f in c.frames or []]) for c in s.calls] for s in a}
+    return sum(key.get(s.task.get("task_id")) == [(c.bytes_up, [f[1] for f in c.frames or []]) for c in s.calls]
+               for s in b)
+
+
+def _pct(a: float | None, b: float | None) -> str:
+    if a is None or b is None:
+        return "n/a"
+    if a == 0:
+        return "0.0" if b == 0 else "n/a"
+    return f"{(b - a) / a * 100:+.1f}"
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.4g}"
+
+
+def synthesize(sessions: list[tr.Session], n: int) -> list[tr.Session]:
+    """``n`` sessions cycling through the recorded ones under new ids, back to back on one device
+    with the recorded gap between sessions."""
+    ordered = sorted(sessions, key=lambda s: s.started_at)
+    gaps = [b.started_at - a.recorded_end for a, b in zip(ordered, ordered[1:])] or [0.0]
+    gap = max(0.0, percentile(gaps, 50))
+    out, t = [], ordered[0].started_at
+    for i in range(n):
+        src = ordered[i % len(ordered)]
+        s = tr.Session.from_json(json.loads(json.dumps(src.to_json())))
+        s.id, s.started_at = f"{src.id}-{i}", t
+        s.task = {**s.task, "task_id": f"{s.task.get('task_id')}#{i // len(ordered)}"}
+        out.append(s)
+        t = s.recorded_end + gap
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m harness.replay_bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="config.yaml", help="proxy config (its first model is benchmarked)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--dataset", default="gsm8k")
+    p.add_argument("--tasks", type=int, default=5, help="tasks run live per sweep point")
+    p.add_argument("--max-turns", type=int, default=3)
+    p.add_argument("--max-tokens", type=int, default=384)
+    p.add_argument("--max-tokens-per-call", type=int, default=192)
+    p.add_argument("--sweep-tasks", type=int, default=100, help="sessions in the speed sweep")
+    p.add_argument("--out", default=None, help="default runs/replay-bench-<time>")
+    args = p.parse_args(argv)
+    out = Path(args.out or f"runs/replay-bench-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = yaml.safe_load(Path(args.config).read_text())
+    cfg.setdefault("server", {})["record_traces"] = True
+    cfg["server"]["request_log"] = None
+    seed = cfg["server"].get("seed", 0)
+    run_args = ["--dataset", args.dataset, "--limit", str(args.tasks), "--max-turns", str(args.max_turns),
+                "--max-tokens", str(args.max_tokens), "--max-tokens-per-call", str(args.max_tokens_per_call),
+                "--no-report"] + (["--data-dir", args.data_dir] if args.data_dir else [])
+
+    live: dict[str, dict] = {}
+    for mode, network, name in POINTS:
+        d = out / "live" / name
+        d.mkdir(parents=True, exist_ok=True)
+        if not (d / "results.jsonl").exists():  # a rerun of the bench keeps the live runs it has
+            took = live_point(cfg, mode, network, d, run_args)
+            (d / "took_s").write_text(f"{took}\n")
+        sessions = tr.validate(tr.load(d))
+        live[name] = {"rows": read_rows(d / "results.jsonl"), "sessions": sessions,
+                      "took_s": float((d / "took_s").read_text())}
+        print(f"live {name}: {len(sessions)} sessions in {live[name]['took_s']:.1f} s", file=sys.stderr)
+
+    presets = presets_from_config(cfg.get("networks"))
+    energy = ComputeEnergy.from_config({**(cfg.get("energy") or {}), "method": "estimate"})
+    recording = live["local-local"]["sessions"]
+    usable = [s for s in recording if not s.flags]
+    lines = ["# Replay against live runs", "",
+             (f"{len(usable)} of {len(recording)} {args.dataset} sessions recorded in local mode "
+              f"(flagged: {sum(bool(s.flags) for s in recording)}); model {next(iter(cfg['models']))}; "
+              f"seed {seed}; medians over tasks (calls for call_*). Δ % = (replay - live) / live."), "",
+             "| live run | metric | live | replay of local | Δ % | self-replay | Δ % |", "|---|---|---|---|---|---|---|"]
+    drift = ["", ("Generation: the model's time per call from request arrival to last frame (median), in each live "
+                  "run against the recording; and the tasks whose every call sent and received the same frames."), "",
+             "| live run | generation s/call | recorded s/call | drift % | same output |", "|---|---|---|---|---|"]
+    verdict = {}
+    t_replay = 0.0
+    gen_rec = percentile(_generation_s(usable), 50)
+    for mode, network, name in POINTS:
+        point = live[name]
+        t0 = time.perf_counter()
+        cross = replay.sweep(usable, [mode], [presets[network]], seed, energy)
+        t_replay += time.perf_counter() - t0
+        own = [s for s in point["sessions"] if not s.flags]
+        self_rows = replay.sweep(own, [mode], [presets[network]], seed, energy)
+        ml, mc, ms = _medians(point["rows"]), _medians(cross), _medians(self_rows)
+        for k in METRICS:
+            lines.append(f"| {name} | {k} | {_fmt(ml[k])} | {_fmt(mc[k])} | {_pct(ml[k], mc[k])} | "
+                         f"{_fmt(ms[k])} | {_pct(ml[k], ms[k])} |")
+        gen_live = percentile(_generation_s(point["sessions"]), 50)
+        drift.append(f"| {name} | {_fmt(gen_live)} | {_fmt(gen_rec)} | {_pct(gen_rec, gen_live)} | "
+                     f"{_same_output(usable, point['sessions'])}/{len(point['sessions'])} |")
+        for k, limit in TARGET.items():
+            if ml[k] and name != "local-local":  # the recording against itself proves nothing
+                verdict[f"{name} {k}"] = abs(mc[k] - ml[k]) / ml[k] * 100 <= limit
+    live_s = sum(live[name]["took_s"] for _, _, name in POINTS[:4])
+    lines += [*drift, "", (f"Live: the 4 sweep points took {live_s:.1f} s; replaying the local recording under them "
+                           f"took {t_replay * 1000:.1f} ms."), "",
+              ("Targets (|Δ| ≤ 5 % at the median, replay of local vs live): "
+               + ", ".join(f"{k} {'ok' if ok else 'MISSED'}" for k, ok in verdict.items())), ""]
+
+    synth = synthesize(usable, args.sweep_tasks)
+    tr.save(out / "sweep-traces.jsonl", synth)
+    cmd = [sys.executable, "-m", "harness", "replay", str(out / "sweep-traces.jsonl"), "--modes", "local,hybrid,cloud",
+           "--networks", ",".join(SWEEP_NETWORKS), "--out", str(out / "sweep"), "--seed", str(seed)]
+    with tempfile.TemporaryFile() as sink:
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=sink, stderr=sink)
+        took = time.perf_counter() - t0
+    rows = read_rows(out / "sweep" / "results.jsonl")
+    live_equiv = sum(r["wall_s"] for r in rows)
+    lines += ["## Sweep speed", "",
+              f"`{' '.join(['python', *cmd[1:]])}`", "",
+              (f"- {args.sweep_tasks} sessions ({len(usable)} recorded, repeated under new ids) x "
+               f"{len(SWEEP_NETWORKS)} presets x 3 modes = {len(rows)} task runs replayed in {took:.1f} s wall, "
+               "report and plots included"),
+              (f"- the same task runs live, one at a time: {live_equiv:.0f} s ({live_equiv / 3600:.2f} h) of "
+               f"replayed wall time; speed-up {live_equiv / took:,.0f}x"), ""]
+    text = "\n".join(lines)
+    (out / "validation.md").write_text(text)
+    print(text)
+    return 0 if all(verdict.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
