@@ -84,8 +84,9 @@ def describe_gguf(path: Path) -> dict:
     }
 
 
-def folder_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+def weights_bytes(folder: Path) -> int:
+    """Bytes of an MLX folder's weights (its tokenizer files alone are tens of MB for Gemma)."""
+    return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
 
 
 # ---------------------------------------------------------------- steps
@@ -222,7 +223,7 @@ def build_ladder(out: Path, *, gguf: str | None = None, hf_dir: Path | None = No
         if not dst.exists():
             log(f"converting {hf_dir} -> {dst.name}")
             _build_folder(dst, lambda p, b=bits: convert.hf_to_mlx(hf_dir, p, q_bits=b))
-        size = folder_bytes(dst)
+        size = weights_bytes(dst)
         rungs.append({"name": f"MLX {bits}-bit", "engine": "mlx", "path": str(dst),
                       "origin": f"{hf_dir.name} -> mlx-lm affine {bits}-bit, group 64", "bytes": size,
                       "params": params, "bpw": round(size * 8 / params, 3) if params else None})

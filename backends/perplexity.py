@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -27,7 +27,8 @@ import numpy as np
 
 from .sources import resolve_model
 
-DEFAULT_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikitext-2" / "test.txt"
+DATA = Path(os.environ.get("EDGEMETER_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+DEFAULT_TEXT = DATA / "wikitext-2" / "test.txt"
 
 
 # ---------------------------------------------------------------- the method (engine-free)
@@ -110,59 +111,55 @@ def corpus_tokens(scorer: Scorer, text: str, max_tokens: int | None) -> list[int
     return scorer.tokenize(text)[:max_tokens]
 
 
-def evaluate(scorer: Scorer, tokens: list[int], ctx: int, stride: int,
-             bootstrap: int = 1000, seed: int = 0) -> tuple[int, int, float, tuple[float, float], float]:
-    """Score ``tokens`` window by window: (tokens scored, windows, PPL, CI, window PPL std)."""
+def evaluate(scorer: Scorer, tokens: list[int], ctx: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Score ``tokens`` window by window: each window's NLL sum and its number of targets."""
     prefix = [] if scorer.bos is None else [scorer.bos]
     span = ctx - len(prefix)  # a stride of ctx means disjoint windows, BOS or not
     plan = plan_windows(len(tokens), span, min(stride, span), bool(prefix))
     if not plan:
         raise ValueError("the text has too few tokens to score")
     sums = [scorer.score(prefix + tokens[w.begin:w.end], w.scored).sum() for w in plan]
-    counts = [w.scored for w in plan]
-    return (sum(counts), len(plan), *summarize(np.array(sums), np.array(counts), bootstrap, seed))
+    return np.array(sums), np.array([w.scored for w in plan])
+
+
+def paired_ratio(ref_sums, sums, counts, bootstrap: int = 1000, seed: int = 0) -> tuple[float, tuple[float, float]]:
+    """PPL of a model over PPL of a reference scored on the same windows, with a bootstrap
+    95% CI that resamples windows for both at once: how hard each window's text is cancels
+    out, so a degradation far smaller than the spread across windows still shows."""
+    diff, counts = np.asarray(sums, float) - np.asarray(ref_sums, float), np.asarray(counts, float)
+    pick = np.random.default_rng(seed).integers(0, len(counts), size=(bootstrap, len(counts)))
+    boot = np.exp(diff[pick].sum(axis=1) / counts[pick].sum(axis=1))
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return float(np.exp(diff.sum() / counts.sum())), (float(lo), float(hi))
 
 
 # ---------------------------------------------------------------- engines
 
-@contextmanager
-def _extra_bufts_off_on_amx():
-    """ggml's AMX matmul (an "extra" CPU buffer type) segfaults in decode on this project's
-    AMX machines with llama-cpp-python 0.3.36, and ``Llama()`` has no switch for
-    ``use_extra_bufts``; so while a model loads, default params come with it off wherever
-    the CPU reports AMX. Elsewhere nothing changes (weight repacking stays on)."""
-    import llama_cpp.llama_cpp as lib
-    try:
-        amx = "amx_int8" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        amx = False
-    if not amx:
-        yield
-        return
-    default = lib.llama_model_default_params
-
-    def patched():
-        params = default()
-        params.use_extra_bufts = False
-        return params
-    lib.llama_model_default_params = patched
-    try:
-        yield
-    finally:
-        lib.llama_model_default_params = default
-
-
 def open_llama(path: str | Path, **kw):
-    """A quiet ``llama_cpp.Llama`` for ``path`` that runs on every CPU the project meets."""
+    """A quiet ``llama_cpp.Llama`` for ``path``."""
     from llama_cpp import Llama
-    with _extra_bufts_off_on_amx():
-        return Llama(model_path=str(path), verbose=False, **kw)
+    return Llama(model_path=str(path), verbose=False, **kw)
 
 
 def llama_bos(llm) -> int | None:
     """The BOS token when the GGUF's vocabulary asks for one, else None."""
     import llama_cpp.llama_cpp as lib
     return llm.token_bos() if lib.llama_vocab_get_add_bos(lib.llama_model_get_vocab(llm.model)) else None
+
+
+def llama_tokens(llm, text: str) -> list[int]:
+    return llm.tokenize(text.encode(), add_bos=False, special=False)
+
+
+def mlx_bos(tokenizer) -> int | None:
+    bos = tokenizer.bos_token_id
+    return bos if bos is not None and tokenizer.encode("a")[:1] == [bos] else None
+
+
+def mlx_tokens(tokenizer, text: str) -> list[int]:
+    # Text that looks like a special token stays text, as with llama.cpp's special=False:
+    # WikiText's literal "<unk>" must not become the <unk> token on one engine only.
+    return tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
 
 
 class LlamaScorer:
@@ -176,7 +173,7 @@ class LlamaScorer:
         self.bos = llama_bos(self.llm)
 
     def tokenize(self, text: str) -> list[int]:
-        return self.llm.tokenize(text.encode(), add_bos=False, special=False)
+        return llama_tokens(self.llm, text)
 
     def score(self, ids: list[int], n_last: int) -> np.ndarray:
         self.llm.reset()
@@ -195,12 +192,10 @@ class MLXScorer:
     def __init__(self, path: str | Path):
         from mlx_lm import load
         self.model, self.tokenizer = load(str(path))
-        bos = self.tokenizer.bos_token_id
-        wants_bos = bos is not None and self.tokenizer.encode("a")[:1] == [bos]
-        self.bos = bos if wants_bos else None
+        self.bos = mlx_bos(self.tokenizer)
 
     def tokenize(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        return mlx_tokens(self.tokenizer, text)
 
     def score(self, ids: list[int], n_last: int) -> np.ndarray:
         import mlx.core as mx
@@ -234,11 +229,12 @@ def perplexity(source: str | Path, text_path: str | Path = DEFAULT_TEXT, *, ctx:
     scorer = open_scorer(path, engine, ctx, n_threads)
     try:
         tokens = corpus_tokens(scorer, text, max_tokens)
-        n, windows, ppl, ci, std = evaluate(scorer, tokens, ctx, stride, bootstrap, seed)
+        sums, counts = evaluate(scorer, tokens, ctx, stride)
     finally:
         scorer.close()
-    return PPLResult(str(source), engine, str(text_path), ctx, stride, n, windows, ppl, ci, std,
-                     time.perf_counter() - started)
+    ppl, ci, std = summarize(sums, counts, bootstrap, seed)
+    return PPLResult(str(source), engine, str(text_path), ctx, stride, int(counts.sum()), len(counts), ppl, ci,
+                     std, time.perf_counter() - started)
 
 
 def format_table(results: Sequence[PPLResult]) -> str:

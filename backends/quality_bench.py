@@ -54,7 +54,7 @@ class LlamaRunner:
         self.bos = ppl_mod.llama_bos(self.llm)
 
     def tokenize(self, text: str) -> list[int]:
-        return self.llm.tokenize(text.encode(), add_bos=False, special=False)
+        return ppl_mod.llama_tokens(self.llm, text)
 
     def stream(self, prompt: list[int], n: int):
         self.llm.reset()  # no KV reuse between runs: every run pays for its whole prompt
@@ -68,11 +68,10 @@ class MLXRunner:
     def __init__(self, path: str):
         from mlx_lm import load
         self.model, self.tokenizer = load(path)
-        bos = self.tokenizer.bos_token_id
-        self.bos = bos if bos is not None and self.tokenizer.encode("a")[:1] == [bos] else None
+        self.bos = ppl_mod.mlx_bos(self.tokenizer)
 
     def tokenize(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        return ppl_mod.mlx_tokens(self.tokenizer, text)
 
     def stream(self, prompt: list[int], n: int):
         import mlx.core as mx
@@ -122,11 +121,13 @@ def measure_rung(rung: dict, cfg: dict) -> dict:
     scorer = ppl_mod.open_scorer(Path(rung["path"]), rung["engine"], cfg["ctx"], cfg["threads"])
     try:
         tokens = ppl_mod.corpus_tokens(scorer, text, cfg["ppl_max_tokens"])
-        n, windows, ppl, ci, std = ppl_mod.evaluate(scorer, tokens, cfg["ctx"], cfg["stride"])
+        sums, counts = ppl_mod.evaluate(scorer, tokens, cfg["ctx"], cfg["stride"])
     finally:
         scorer.close()
+    ppl, ci, std = ppl_mod.summarize(sums, counts)
     return {**rung, "peak_rss": peak_rss, "speed": speed,
-            "ppl": {"value": ppl, "ci95": ci, "window_std": std, "tokens": n, "windows": windows}}
+            "ppl": {"value": ppl, "ci95": ci, "window_std": std, "tokens": int(counts.sum()),
+                    "windows": len(counts), "window_nll": sums.tolist(), "window_tokens": counts.tolist()}}
 
 
 def run(rungs: list[dict], cfg: dict, log=print) -> list[dict]:
@@ -149,20 +150,32 @@ def frontier(results: list[dict], at: str) -> tuple[list[str], dict[str, str]]:
     return pareto_front([(r["name"], r["speed"][at]["decode_tps"]["mean"], r["ppl"]["value"]) for r in results])
 
 
+def vs_reference(result: dict, ref: dict | None) -> str:
+    """PPL relative to the reference rung, paired over the same windows; '-' when not comparable."""
+    if ref is None or result["ppl"]["window_tokens"] != ref["ppl"]["window_tokens"]:
+        return "-"
+    ratio, (lo, hi) = ppl_mod.paired_ratio(ref["ppl"]["window_nll"], result["ppl"]["window_nll"],
+                                           result["ppl"]["window_tokens"])
+    return f"{ratio:.3f} ({lo:.3f}–{hi:.3f})"
+
+
 def markdown(results: list[dict], meta: dict) -> str:
     at = meta["pareto_at"]
     front, dominated = frontier(results, at)
+    ref = next((r for r in results if r["name"] == meta["reference"]), None)
     lines = [f"Perplexity: first {meta['ppl_tokens']} tokens of `{Path(meta['text']).name}`, ctx {meta['ctx']}, "
              f"stride {meta['stride']}. Speed: {meta['runs']} runs after {meta['warmup']} warmup, "
              f"{meta['gen_tokens']} generated tokens, {meta['threads']} threads. Base: {meta['base']}.", "",
-             f"| rung | engine | size MiB | bpw | peak RSS MiB | PPL (95% CI) | decode tok/s @{at} | Pareto |",
-             "|---|---|---:|---:|---:|---|---:|---|"]
+             f"| rung | engine | size MiB | bpw | peak RSS MiB | PPL (95% CI) | PPL ÷ {meta['reference']} (paired 95% CI) "
+             f"| decode tok/s @{at} | Pareto |",
+             "|---|---|---:|---:|---:|---|---|---:|---|"]
     for r in results:
         p = r["ppl"]
         mark = "frontier" if r["name"] in front else f"dominated by {dominated[r['name']]}"
         bpw = f"{r['bpw']:.2f}" if r.get("bpw") else "-"
         lines.append(f"| {r['name']} | {r['engine']} | {r['bytes'] / 2**20:.0f} | {bpw} | {r['peak_rss'] / 2**20:.0f} | "
-                     f"{p['value']:.2f} ({p['ci95'][0]:.2f}–{p['ci95'][1]:.2f}) | {_pm(r['speed'][at]['decode_tps'])} | {mark} |")
+                     f"{p['value']:.2f} ({p['ci95'][0]:.2f}–{p['ci95'][1]:.2f}) | {vs_reference(r, ref)} | "
+                     f"{_pm(r['speed'][at]['decode_tps'])} | {mark} |")
     lines += ["", "| rung | prompt tokens | TTFT ms | prompt tok/s | decode tok/s |", "|---|---:|---:|---:|---:|"]
     for r in results:
         for length, s in r["speed"].items():
@@ -215,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompt-lengths", default=",".join(map(str, DEFAULT_PROMPT_LENGTHS)),
                     help="prompt lengths in tokens (default 32,128,512)")
     ap.add_argument("--pareto-at", type=int, help="prompt length whose decode tok/s the frontier uses (default: middle)")
+    ap.add_argument("--reference", default="F16", help="rung the PPL ratios are paired against (default F16)")
     ap.add_argument("--gen-tokens", type=int, default=32, help="tokens generated per run (default 32)")
     ap.add_argument("--runs", type=int, default=5, help="timed runs per prompt length (default 5)")
     ap.add_argument("--warmup", type=int, default=1, help="discarded runs first (default 1)")
@@ -240,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     results = run(rungs, cfg)
     meta = {**cfg, "pareto_at": str(at), "ppl_tokens": args.ppl_max_tokens, "base": manifest["base"],
+            "reference": args.reference,
             "ladder": str(args.ladder), "loadavg_1m": [load_before, os.getloadavg()[0]]}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")

