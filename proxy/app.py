@@ -333,7 +333,7 @@ async def paced(source, route: Route, meter: RequestMeter, buffer: int):
             async for data, tokens, t in source:
                 await queue.put((data, tokens, route.down.send("down", t, len(data), meter.net)))
             await queue.put(None)
-        except BaseException as e:
+        except Exception as e:  # not its own cancellation: putting that into a full queue would never return
             await queue.put(e)
     task = asyncio.create_task(pump())
     nothing = object()
@@ -367,8 +367,9 @@ async def stream_events(request, response, route: Route, meter: RequestMeter, ev
         source = meter.tapped(source)
     t0 = time.perf_counter()
     meter.backend_started(t0)
+    batches = paced(source, route, meter, request.app[CONFIG].server.max_stream_buffer)
     try:
-        async for batch in paced(source, route, meter, request.app[CONFIG].server.max_stream_buffer):
+        async for batch in batches:
             data = batch[0][0] if len(batch) == 1 else b"".join([frame[0] for frame in batch])
             await response.write(data)
             meter.bytes_down += len(data)
@@ -376,6 +377,9 @@ async def stream_events(request, response, route: Route, meter: RequestMeter, ev
             for frame in batch:
                 meter.delivered(t, frame[1])
     finally:
+        # paced first: it stops its pump task, which may be inside the source (closing a generator
+        # another task is running raises); a failed write leaves it open otherwise, for the GC
+        await batches.aclose()
         await source.aclose()
     record = finish(request, route, meter, 200, None)
     if include_usage:

@@ -47,6 +47,7 @@ class Upstream:
         self.written = 0  # bytes the endless script got out (each write returned)
         self.closed = asyncio.Event()
         self.keys = []  # Authorization headers received
+        self.stalling = asyncio.Event()
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -66,6 +67,12 @@ class Upstream:
                 while self.written < ENDLESS_CAP:
                     await resp.write(piece)
                     self.written += len(piece)
+            elif script == "burst_then_stall":  # enough to fill every buffer to the client, then nothing
+                piece = chunk({"content": "x" * 1000})
+                for _ in range(20000):
+                    await resp.write(piece)
+                self.stalling.set()
+                await asyncio.sleep(30)
             elif script == "slow":
                 for i in range(1000):
                     await resp.write(chunk({"content": f"t{i} "}))
@@ -100,7 +107,7 @@ async def fake(aiohttp_server):
 
 
 def models(upstream, fake, **extra) -> dict:
-    ours = ["stall_mid", "endless", "slow", "echo_key", *SHAPES]
+    ours = ["stall_mid", "endless", "slow", "burst_then_stall", "echo_key", *SHAPES]
     theirs = ["echo", "reset", "malformed", "stream_error", "nodone", "500", "503json", "400json", "notjson",
               "stall"]
     out = {n: {"backend": "upstream", "base_url": str(upstream.server.make_url("/v1")), "model": n} for n in ours}
@@ -307,6 +314,11 @@ async def response(reader) -> tuple[int, dict]:
     return int(head.split()[1]), orjson.loads(await reader.readexactly(length))
 
 
+def link_pumps() -> list[asyncio.Task]:
+    """The proxy's downlink pump tasks still alive (proxy.app.paced starts one per hybrid stream)."""
+    return [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "paced.<locals>.pump"]
+
+
 def rss() -> int:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) << 10 for line in f if line.startswith("VmRSS:"))
@@ -351,6 +363,32 @@ async def test_a_reader_that_stops_reading_pauses_the_upstream(upstream, proxy, 
         return await in_flight(proxy) == 0
     await eventually(idle, "in-flight back to zero")
     assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
+    assert not link_pumps()  # nothing holds the frames buffered for the reader that left
+
+
+async def test_a_client_leaving_while_the_link_pump_reads_the_upstream(upstream, fake, proxy_client, caplog):
+    """Hybrid mode: the client stops reading (the proxy blocks writing to it) while the link's
+    pump task waits inside the backend for the next token; then the client leaves. The pump
+    must be stopped before the backend stream is closed (closing a generator another task is
+    running raises), and the request booked as a disconnect."""
+    client = await proxy_client(models(upstream, fake, read_timeout=10.0), server={"max_stream_buffer": 100000})
+    before = await metric(client, "edgemeter_request_errors_total", model="burst_then_stall",
+                          cause="client_disconnected")
+    reader, writer = await raw(client, request_bytes({"model": "burst_then_stall", "messages": MSG, "stream": True},
+                                                     HYBRID))
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    await asyncio.wait_for(upstream.stalling.wait(), 10)
+    await asyncio.sleep(0.2)  # the pump has taken everything the upstream sent and waits for more
+    writer.close()
+    await asyncio.wait_for(upstream.closed.wait(), 5)
+
+    async def idle():
+        return await in_flight(client) == 0
+    await eventually(idle, "in-flight back to zero")
+    assert await metric(client, "edgemeter_request_errors_total", model="burst_then_stall",
+                        cause="client_disconnected") == before + 1
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
+    assert not link_pumps()
 
 
 async def test_a_body_cut_short_by_a_closed_connection_leaves_the_proxy_healthy(proxy, caplog):
