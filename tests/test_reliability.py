@@ -537,6 +537,16 @@ async def test_the_api_key_counts_only_as_a_bearer_token(keyed, headers):
     assert (await keyed.get("/healthz", headers=headers)).status == 200  # probes need no key
 
 
+@pytest.mark.parametrize("path", ["/v1/../metrics", "/%6detrics", "//metrics", "/METRICS", "/metrics/",
+                                  "/%761/models", "/v1//models", "/./v1/models", "/healthz/../v1/models",
+                                  "/%2e%2e/v1/models", "/v1/models%00", "/edgemeter/v1/sessions/x/end"])
+async def test_no_spelling_of_a_path_gets_past_the_key(keyed, path):
+    reader, writer = await raw(keyed, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    status, body = await response(reader)
+    writer.close()
+    assert status in (401, 404, 405) and set(body["error"]) == {"message", "type", "param", "code"}
+
+
 async def test_a_non_utf8_authorization_header_is_401_not_500(keyed):
     for value in (b"Bearer \xff", KEY.encode() + b"\xff", b"Bearer " + KEY.encode() + b"\xff"):
         head = b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: " + value + b"\r\n\r\n"
