@@ -12,8 +12,9 @@ import pytest
 from aiohttp import web
 
 from harness.client import CallResult, OpenAIClient
-from harness.load import Sample, arrivals, describe, parse_goodput, parse_warmup, probe_extras, summarize
-from tests.conftest import ROOT, free_port, wait_http
+from harness.load import (Prompts, Sample, arrivals, describe, parse_goodput, parse_warmup, probe_extras,
+                          summarize)
+from tests.conftest import DATA, ROOT, free_port, wait_http
 
 
 def take(it, n):
@@ -41,6 +42,22 @@ def test_closed_loop_profiles_send_at_once_and_rate_profiles_need_a_rate():
     assert take(arrivals("concurrent"), 3) == [0.0, 0.0, 0.0]
     with pytest.raises(ValueError, match="needs a rate"):
         arrivals("poisson", None)
+
+
+# --- prompts ---
+
+def test_synthetic_prompts_have_the_asked_length_and_differ_per_request():
+    p = Prompts("synthetic", 37, seed=3)
+    first = p.messages(0)[0]["content"]
+    assert len(first.split()) == 37 and first == Prompts("synthetic", 37, seed=3).messages(0)[0]["content"]
+    assert first != p.messages(1)[0]["content"] and first != Prompts("synthetic", 37, seed=4).messages(0)[0]["content"]
+
+
+def test_gsm8k_prompts_are_the_test_questions_in_a_seeded_order():
+    p = Prompts("gsm8k", 0, seed=1, data_dir=str(DATA))
+    questions = {json.loads(line)["question"] for line in (DATA / "gsm8k" / "test.jsonl").read_text().splitlines()}
+    asked = [p.messages(i)[0]["content"] for i in range(len(questions) + 1)]
+    assert set(asked) == questions and asked[0] == asked[-1]  # every question once, then round again
 
 
 # --- statistics and goodput ---
