@@ -302,6 +302,9 @@ def main(argv: list[str]) -> int:
               + ", ".join(f"{k} x{n}" for k, n in reasons.most_common()), file=sys.stderr)
         for s in flagged[:10]:
             print(f"  {s.id} ({s.device}): {'; '.join(s.flags)}", file=sys.stderr)
+    if "cloud" in modes and any(s.final_answer_bytes is None and not s.one_call for s in usable):
+        print("note: some sessions do not say how big their final answer was (a proxy log); cloud mode sends "
+              "them down as an empty answer", file=sys.stderr)
     print(table(rows))
     if not args.no_report:
         print(f"report: {out / 'report.md'}", file=sys.stderr)

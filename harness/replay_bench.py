@@ -2,11 +2,13 @@
 faster is a sweep?
 
 1. Live: each sweep point (local, hybrid/wifi, hybrid/4g, cloud/4g) runs the same GSM8K tasks
-   through ``harness run``, one at a time, on a fresh proxy (config.yaml's model, in-process,
-   with ``server.record_traces``): fresh links and idle radios per point, as replay assumes.
-   One local call warms the model first; harness warm-ups are off, so every session is recorded.
-   Local runs first (the recording) and again last: two live runs of the same thing, whose
-   difference is the generation noise any live comparison carries.
+   through ``harness run`` on its own proxy (config.yaml's model, in-process, with
+   ``server.record_traces``), so each point has its own links and radios, as replay assumes.
+   Runs are interleaved: task 1 on every point, then task 2, ..., the order rotating, so load
+   from other processes on the machine falls on every point alike (paired measurements). A
+   second local point records the same tasks again: two live runs of the same thing, whose
+   difference is the generation noise any live comparison carries. One local call warms each
+   proxy's model; harness warm-ups are off, so every session is recorded.
 2. Replay the ``local`` recording under every point (the proxy's seed and the same device id:
    the same random network draws whenever the model emits the same frames), and each live
    run's own recording under its own point ("self"): replay's error without generation noise.
@@ -19,6 +21,7 @@ faster is a sweep?
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -32,17 +35,17 @@ import yaml
 from proxy.energy import ComputeEnergy
 from proxy.link import presets_from_config
 
-from . import replay, run
+from . import datasets, replay, run
 from . import trace as tr
 from .quickstart import _free_port, _wait_ready
 from .results import read_rows
 from .stats import percentile
 
-# The recording comes first; local runs again last, as a live rerun of the recording: the noise floor.
+# local-local is the recording; local-local-rerun records the same again: the noise floor.
 POINTS = [("local", "local", "local-local"), ("hybrid", "wifi", "hybrid-wifi"), ("hybrid", "4g", "hybrid-4g"),
           ("cloud", "4g", "cloud-4g"), ("local", "local", "local-local-rerun")]
 SWEEP_NETWORKS = ["local", "lan", "wifi", "5g", "4g", "poor_cellular", "edge_case"]
-METRICS = ("wall_s", "radio_j", "net_delay_s", "energy_j", "call_ttft_s", "call_e2e_s")
+METRICS = ("wall_s", "radio_j", "net_delay_s", "energy_j", "call_ttft_s", "call_e2e_s", "wall_minus_gen_s")
 TARGET = {"wall_s": 5.0, "radio_j": 5.0}  # % at the median
 
 
@@ -53,39 +56,64 @@ def _post(url: str, body: dict, headers: dict | None = None) -> None:
         r.read()
 
 
-def live_point(cfg: dict, mode: str, network: str, out: Path, run_args: list[str]) -> float:
-    """One sweep point on its own proxy; returns the harness run's wall time."""
+@contextlib.contextmanager
+def proxy(cfg: dict, out: Path):
+    """A proxy on ``cfg`` with its model warmed up; yields its base URL."""
     port = _free_port()
     cfg_path = out / "proxy.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
-    with open(out / "proxy.log", "wb") as log:
-        proxy = subprocess.Popen([sys.executable, "-m", "proxy", "--config", str(cfg_path), "--port", str(port)],
-                                 stdout=log, stderr=subprocess.STDOUT)
+    with open(out / "proxy.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "proxy", "--config", str(cfg_path), "--port", str(port)],
+                                stdout=log, stderr=subprocess.STDOUT)
         try:
-            _wait_ready(f"http://127.0.0.1:{port}/readyz", proxy)
-            model = next(iter(cfg["models"]))
+            _wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
             _post(f"http://127.0.0.1:{port}/v1/chat/completions",
-                  {"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8},
-                  {"X-Edgemeter-Mode": "local", "X-Edgemeter-Device": "warm-up"})
-            t0 = time.perf_counter()
-            code = run.main(["--base-url", f"http://127.0.0.1:{port}/v1", "--out", str(out), "--modes", mode,
-                             "--networks", network, "--device", "bench", "--warmup", "0", "--no-progress",
-                             *run_args])
-            took = time.perf_counter() - t0
-            if code:
-                raise SystemExit(f"harness run failed for {mode}/{network} (exit {code})")
-            return took
+                  {"model": next(iter(cfg["models"])), "messages": [{"role": "user", "content": "Hi"}],
+                   "max_tokens": 8}, {"X-Edgemeter-Mode": "local", "X-Edgemeter-Device": "warm-up"})
+            yield f"http://127.0.0.1:{port}/v1"
         finally:
-            proxy.terminate()
-            proxy.wait(15)
+            proc.terminate()
+            proc.wait(15)
 
 
-def _medians(rows: list[dict]) -> dict:
+def live_runs(cfg: dict, task_ids: list[str], out: Path, run_args: list[str]) -> dict[str, float]:
+    """Every task on every point, interleaved; returns each point's harness time in seconds."""
+    took_path = out / "live" / "took_s.json"
+    took = json.loads(took_path.read_text()) if took_path.exists() else {name: 0.0 for *_, name in POINTS}
+    done = {name: {r["task_id"] for r in read_rows(out / "live" / name / "results.jsonl")} for *_, name in POINTS}
+    if all(set(task_ids) <= ids for ids in done.values()):  # a rerun of the bench keeps the live runs it has
+        return took
+    with contextlib.ExitStack() as stack:
+        urls = {}
+        for *_, name in POINTS:
+            (out / "live" / name).mkdir(parents=True, exist_ok=True)
+            urls[name] = stack.enter_context(proxy(cfg, out / "live" / name))
+        for i, task_id in enumerate(task_ids):
+            k = i % len(POINTS)
+            for mode, network, name in POINTS[k:] + POINTS[:k]:
+                if task_id in done[name]:
+                    continue
+                t0 = time.perf_counter()
+                code = run.main(["--base-url", urls[name], "--out", str(out / "live" / name), "--modes", mode,
+                                 "--networks", network, "--device", "bench", "--warmup", "0", "--no-progress",
+                                 "--ids", task_id, *run_args])
+                if code:
+                    raise SystemExit(f"harness run failed for task {task_id} on {name} (exit {code})")
+                took[name] += time.perf_counter() - t0
+                took_path.write_text(json.dumps(took))
+    return took
+
+
+def _medians(rows: list[dict], sessions: list[tr.Session]) -> dict:
+    """Per-task and per-call medians; ``wall_minus_gen_s`` is the task's time beyond its model's
+    generation (the sessions' recorded timelines): network, tools, client, proxy."""
     calls = [c["edgemeter"] for r in rows for c in r["llm_calls"] if c.get("edgemeter")]
     m = {k: percentile([float(r[k] or 0.0) for r in rows], 50) for k in ("wall_s", "radio_j", "net_delay_s",
                                                                            "energy_j")}
     m["call_ttft_s"] = percentile([c["ttft_s"] for c in calls if c.get("ttft_s") is not None], 50)
     m["call_e2e_s"] = percentile([c["e2e_s"] for c in calls], 50)
+    gen = {s.id: sum(_generation_s([s])) for s in sessions}
+    m["wall_minus_gen_s"] = percentile([r["wall_s"] - gen[r["session"]] for r in rows if r["session"] in gen], 50)
     return m
 
 
@@ -148,21 +176,17 @@ def main(argv: list[str] | None = None) -> int:
     cfg.setdefault("server", {})["record_traces"] = True
     cfg["server"]["request_log"] = None
     seed = cfg["server"].get("seed", 0)
-    run_args = ["--dataset", args.dataset, "--limit", str(args.tasks), "--max-turns", str(args.max_turns),
-                "--max-tokens", str(args.max_tokens), "--max-tokens-per-call", str(args.max_tokens_per_call),
-                "--no-report"] + (["--data-dir", args.data_dir] if args.data_dir else [])
+    run_args = ["--dataset", args.dataset, "--max-turns", str(args.max_turns), "--max-tokens", str(args.max_tokens),
+                "--max-tokens-per-call", str(args.max_tokens_per_call), "--no-report"]
+    run_args += ["--data-dir", args.data_dir] if args.data_dir else []
+    task_ids = [t.id for t in datasets.select(datasets.load(args.dataset, args.data_dir), limit=args.tasks)]
 
+    took = live_runs(cfg, task_ids, out, run_args)
     live: dict[str, dict] = {}
-    for mode, network, name in POINTS:
+    for *_, name in POINTS:
         d = out / "live" / name
-        d.mkdir(parents=True, exist_ok=True)
-        if not (d / "results.jsonl").exists():  # a rerun of the bench keeps the live runs it has
-            took = live_point(cfg, mode, network, d, run_args)
-            (d / "took_s").write_text(f"{took}\n")
-        sessions = tr.validate(tr.load(d))
-        live[name] = {"rows": read_rows(d / "results.jsonl"), "sessions": sessions,
-                      "took_s": float((d / "took_s").read_text())}
-        print(f"live {name}: {len(sessions)} sessions in {live[name]['took_s']:.1f} s", file=sys.stderr)
+        live[name] = {"rows": read_rows(d / "results.jsonl"), "sessions": tr.validate(tr.load(d)),
+                      "took_s": took[name]}
 
     presets = presets_from_config(cfg.get("networks"))
     energy = ComputeEnergy.from_config({**(cfg.get("energy") or {}), "method": "estimate"})
@@ -186,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         t_replay += time.perf_counter() - t0
         own = [s for s in point["sessions"] if not s.flags]
         self_rows = replay.sweep(own, [mode], [presets[network]], seed, energy)
-        ml, mc, ms = _medians(point["rows"]), _medians(cross), _medians(self_rows)
+        ml, mc, ms = _medians(point["rows"], own), _medians(cross, usable), _medians(self_rows, own)
         for k in METRICS:
             lines.append(f"| {name} | {k} | {_fmt(ml[k])} | {_fmt(mc[k])} | {_pct(ml[k], mc[k])} | "
                          f"{_fmt(ms[k])} | {_pct(ml[k], ms[k])} |")

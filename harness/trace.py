@@ -39,7 +39,7 @@ class Call:
     bytes_up: int
     frames: list | None           # [s after the request reached the model, bytes, tokens]; None: not recorded
     stream: bool = True
-    tail_s: float = 0.0           # last frame delivered -> the call finished at the proxy
+    tail_s: float = 0.0           # the last frame's simulated arrival -> the call finished at the proxy
     first_token_s: float | None = None
     queue_s: float | None = None
     gap_s: float = 0.0            # the call returned to the client -> the next call was sent

@@ -194,12 +194,14 @@ class RequestMeter:
         the simulated uplink), so it holds only what the network does not change: generation."""
         ref = self.t_received + self.net.up.total
         frames = self.timeline.frames
+        # the last frame's simulated arrival: what follows it (event loop, write, usage) is the proxy's own time
+        last = frames[-1][0] + self.net.down.total if frames else self.t_end
         return {
             "v": 1, "received_at": time.time() - (time.perf_counter() - self.t_received),
             "up_s": self.net.up.total, "stream": self.timeline.stream, "in_process": in_process,
             "queue_s": None if self.t_scheduled is None else max(0.0, self.t_scheduled - ref),
             "first_token_s": None if self.t_backend_first is None else self.t_backend_first - ref,
-            "tail_s": self.t_end - (self.t_last_token if self.t_last_token is not None else self.t_end),
+            "tail_s": self.t_end - last,
             "frames": [[round(t - ref, 6), n, tokens] for t, n, tokens in frames],
         }
 
