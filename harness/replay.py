@@ -95,7 +95,8 @@ class Replayer:
             psession.add(record)
             llm_calls.append(client)
             if s.timeout_s is not None and client["e2e_s"] > s.timeout_s and error is None:
-                error = f"replayed call {i + 1} takes {client['e2e_s']:.1f} s, past the client's {s.timeout_s:g} s timeout"
+                error = (f"replayed call {i + 1} takes {client['e2e_s']:.1f} s, past the client's "
+                         f"{s.timeout_s:g} s timeout")
             t += client["e2e_s"] + c.gap_s
         out = {"session": s.id, "mode": self.mode, "network": self.network, "calls": psession.calls,
                **psession.totals}
@@ -326,6 +327,7 @@ def table(rows: list[dict]) -> str:
         cells = [f"{mode} / {net}", g[0]["radio"] or "-", str(len(g)), f"{percentile(wall, 50):.3f}",
                  f"{percentile(ttft, 50):.3f}" if ttft else "n/a", f"{netd / sum(wall):.3f}" if sum(wall) else "n/a",
                  f"{percentile([r['radio_j'] or 0.0 for r in g], 50):.3f}",
-                 f"{percentile([r['compute_j'] or 0.0 for r in g], 50):.3f}", f"{mean([r['promotions'] for r in g]):.2f}"]
+                 f"{percentile([r['compute_j'] or 0.0 for r in g], 50):.3f}",
+                 f"{mean([r['promotions'] for r in g]):.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
