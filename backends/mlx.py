@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
-import json
 import os
 import queue
 import sys
@@ -71,7 +70,8 @@ def seeded_sampler(temp: float, top_p: float, seed: int) -> Callable:
 class TextStream:
     """Incremental detokenization whose pieces join to ``tokenizer.decode(all ids)``: each step
     decodes a short window (the last emitted tokens for context, plus the new ones) and emits
-    what it adds, holding back incomplete UTF-8. Special tokens are skipped, as llama.cpp does."""
+    what it adds, holding back incomplete UTF-8. Special tokens are skipped, as llama.cpp does.
+    (mlx-lm's streaming detokenizer would drop the leading space of a completion's first token.)"""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -140,6 +140,7 @@ class MLXBackend(Backend):
         self.waiting = 0
         self.active = 0  # requests in the batch now
         self.model = self.tokenizer = None
+        self.eos: set[int] = set()
         self.n_ctx = settings.get("n_ctx")  # default: the model's max_position_embeddings
         self._slots: asyncio.Semaphore | None = None
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()

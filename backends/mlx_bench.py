@@ -5,9 +5,11 @@
 
 MLX runs through ``MLXBackend`` (batch decoding, ``max_batch`` = concurrency); llama.cpp
 through ``llama_cpp.Llama`` directly, one sequence at a time per instance (``--llama-slots``
-instances sharing ``--threads``), as the llama.cpp backend serves it. ``--threads`` also
-caps OpenBLAS's threads under MLX; on a busy machine 1 is far faster for llama.cpp, whose
-threads spin at barriers (measured here: 23 tok/s with 1 thread, 2 tok/s with 2). Both get the
+instances sharing ``--threads``), as the llama.cpp backend serves it. ``--threads`` is
+llama.cpp's n_threads and n_threads_batch (llama-cpp-python would evaluate prompts on all
+cores) and caps OpenBLAS's threads under MLX; on a busy machine 1 is far faster for
+llama.cpp, whose threads spin at barriers (measured here: decode 23 tok/s with 1 thread,
+2 tok/s with 2; a 40-token prompt 0.4 s with 1, 1.4 s with 2). Both get the
 same prompt token ids (the model's chat template) and decode greedily. Each engine and
 concurrency runs in its own process, so peak memory (max RSS) is that configuration's
 alone. One discarded warmup run, then ``--runs`` measured runs; figures are mean ± std
@@ -95,7 +97,8 @@ def _llama_runs(gguf: str, mlx_path: str, conc: int, runs: int, max_tokens: int,
     import queue
     from llama_cpp import Llama
     threads = max(1, threads // slots)
-    llms = [Llama(gguf, n_ctx=512, n_threads=threads, verbose=False) for _ in range(slots)]
+    llms = [Llama(gguf, n_ctx=512, n_threads=threads, n_threads_batch=threads, verbose=False)
+            for _ in range(slots)]
     prompts = prompt_ids(mlx_path, conc)
     eos = llms[0].token_eos()
 
@@ -103,6 +106,7 @@ def _llama_runs(gguf: str, mlx_path: str, conc: int, runs: int, max_tokens: int,
         while (job := jobs.get()) is not None:
             i, sub = job
             ts = []
+            llm.reset()  # no reuse of a previous identical prompt: MLX evaluates every prompt too
             for tok in llm.generate(prompts[i], temp=0.0, reset=True):
                 if tok == eos:
                     break
