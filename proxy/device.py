@@ -51,6 +51,7 @@ class Devices:
         self.seed = seed
         self.max_devices = max_devices
         self.devices: OrderedDict[tuple[str, str], Device] = OrderedDict()
+        self.published: set[tuple[str, str, str]] = set()  # RADIO_DEVICES label sets ever set
 
     @classmethod
     def from_config(cls, config) -> "Devices":
@@ -83,6 +84,9 @@ class Devices:
             dev.export(now)
             key = (dev.network, dev.link.preset.radio, dev.link.radio.state)
             counts[key] = counts.get(key, 0) + 1
-        m.RADIO_DEVICES.clear()
+        # States no device is in any more go to 0 (clear() is not allowed in multiprocess mode).
+        for labels in self.published - counts.keys():
+            m.RADIO_DEVICES.labels(*labels).set(0)
         for labels, n in counts.items():
             m.RADIO_DEVICES.labels(*labels).set(n)
+        self.published |= counts.keys()
