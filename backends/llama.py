@@ -19,6 +19,7 @@ from typing import AsyncIterator
 
 from .base import Backend, BackendError, Event, Finish, GenRequest, Scheduled, TextDelta, Usage
 from .sources import resolve_model
+from .text import StopFilter
 
 SETTINGS = {"source", "n_ctx", "slots", "chat_format", "n_threads", "n_batch", "warmup", "prompt_cache"}
 
@@ -80,31 +81,6 @@ def _text_messages(messages: list[dict]) -> list[dict]:
             m = {**m, "content": ""}
         out.append(m)
     return out
-
-
-class _StopFilter:
-    """Holds back text that may be the start of a stop string; cuts at the first full match."""
-
-    def __init__(self, stops: list[str]):
-        self.stops = stops
-        self.pending = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        self.pending += text
-        if not self.stops:
-            out, self.pending = self.pending, ""
-            return out, False
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            return self.pending[:min(hits)], True
-        keep = 0
-        for s in self.stops:  # longest suffix of pending that is a prefix of a stop string
-            for n in range(min(len(s) - 1, len(self.pending)), keep, -1):
-                if self.pending.endswith(s[:n]):
-                    keep = n
-                    break
-        out, self.pending = self.pending[:len(self.pending) - keep], self.pending[len(self.pending) - keep:]
-        return out, False
 
 
 class LlamaBackend(Backend):
@@ -237,11 +213,11 @@ class LlamaBackend(Backend):
                 llm.reset()
             seed = body.get("seed")
             llm.set_seed(random.getrandbits(32) if seed is None else int(seed) & 0xFFFFFFFF)
-            stops = _StopFilter(req.stop + template_stops)
+            stops = StopFilter(req.stop + template_stops)
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             vocab = llm._model.vocab
             produced = unreported = 0
-            reason = "length"
+            reason, hit = "length", False
             for tok in llm.generate(prompt, temp=float(body.get("temperature", 1.0)),
                                     top_p=float(body.get("top_p", 1.0)), top_k=0, min_p=0.0,
                                     presence_penalty=float(body.get("presence_penalty", 0.0)),
@@ -263,7 +239,7 @@ class LlamaBackend(Backend):
                     break
                 if produced >= max_tokens:
                     break
-            if reason != "stop":
+            if not hit:  # a stop string drops what follows it; otherwise flush what was held back
                 tail, _ = stops.feed(decoder.decode(b"", final=True))
                 tail += stops.pending
                 if tail:

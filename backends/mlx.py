@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 from .base import Backend, BackendError, Event, Finish, GenRequest, Scheduled, TextDelta, Usage
-from .llama import _StopFilter
+from .text import StopFilter
 
 
 def _use_system_blas() -> str | None:
@@ -105,7 +105,7 @@ class _Job:
     release: Callable[[], None]        # thread-safe: frees the request's slot
     cancel: threading.Event
     prompt: list[int] = field(default_factory=list)
-    stops: _StopFilter | None = None
+    stops: StopFilter | None = None
     text: TextStream | None = None
     produced: int = 0
     unreported: int = 0
@@ -314,7 +314,7 @@ class MLXBackend(Backend):
             sampler = make_sampler(temp, top_p)
         processors = make_logits_processors(presence_penalty=body.get("presence_penalty"),
                                             frequency_penalty=body.get("frequency_penalty"))
-        job.stops, job.text = _StopFilter(req.stop), TextStream(self.tokenizer)
+        job.stops, job.text = StopFilter(req.stop), TextStream(self.tokenizer)
         return gen.insert([job.prompt], [max_tokens], samplers=[sampler], logits_processors=[processors])[0]
 
     def _prompt_tokens(self, req: GenRequest) -> list[int]:

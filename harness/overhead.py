@@ -33,6 +33,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from .client import OpenAIClient
+from .procs import free_port, wait_http
 from .load import Limits, Sample, Spec, machine, run, run_uvloop, table
 from .stats import percentile
 
@@ -52,29 +53,16 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start(cmd: list[str], log: Path, ready_url: str, env: dict | None = None, timeout: float = 60.0) -> subprocess.Popen:
     """Start a server process and wait until ``ready_url`` answers 200."""
     proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}; see {log}")
-        try:
-            with urllib.request.urlopen(ready_url, timeout=2) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.terminate()
-    proc.wait(10)
-    raise TimeoutError(f"{ready_url} not ready after {timeout} s")
+    try:
+        wait_http(ready_url, proc, timeout)
+    except (RuntimeError, TimeoutError):
+        proc.terminate()
+        proc.wait(10)
+        raise
+    return proc
 
 
 @dataclass

@@ -8,41 +8,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import yaml
 
 from . import report, run
+from .procs import free_port, wait_http
 
 # local mode needs no network; hybrid and cloud are shown over Wi-Fi and 4G.
 SWEEP = {"runs": [{"mode": "local", "network": "local"}, {"mode": "hybrid", "network": "wifi"},
                   {"mode": "hybrid", "network": "4g"}, {"mode": "cloud", "network": "4g"}]}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the proxy exited with code {proc.returncode}; see the log above")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"the proxy was not ready after {timeout:.0f} s")
 
 
 def main(argv: list[str]) -> int:
@@ -55,12 +34,12 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     out = Path(args.out or f"runs/quickstart-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     log = open(out / "proxy.log", "wb")
     proxy = subprocess.Popen([sys.executable, "-m", "proxy", "--config", args.config, "--port", str(port)],
                              stdout=log, stderr=subprocess.STDOUT)
     try:
-        _wait_ready(f"http://127.0.0.1:{port}/readyz", proxy)
+        wait_http(f"http://127.0.0.1:{port}/readyz", proxy, timeout=120)
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
             yaml.safe_dump(SWEEP, f)
         cmd = ["--base-url", f"http://127.0.0.1:{port}/v1", "--dataset", args.dataset, "--limit", str(args.limit),

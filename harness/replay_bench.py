@@ -37,7 +37,7 @@ from proxy.link import presets_from_config
 
 from . import datasets, replay, run
 from . import trace as tr
-from .quickstart import _free_port, _wait_ready
+from .procs import free_port, wait_http
 from .results import read_rows
 from .stats import percentile
 
@@ -59,14 +59,14 @@ def _post(url: str, body: dict, headers: dict | None = None) -> None:
 @contextlib.contextmanager
 def proxy(cfg: dict, out: Path):
     """A proxy on ``cfg`` with its model warmed up; yields its base URL."""
-    port = _free_port()
+    port = free_port()
     cfg_path = out / "proxy.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     with open(out / "proxy.log", "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "proxy", "--config", str(cfg_path), "--port", str(port)],
                                 stdout=log, stderr=subprocess.STDOUT)
         try:
-            _wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
+            wait_http(f"http://127.0.0.1:{port}/readyz", proc, timeout=120)
             _post(f"http://127.0.0.1:{port}/v1/chat/completions",
                   {"model": next(iter(cfg["models"])), "messages": [{"role": "user", "content": "Hi"}],
                    "max_tokens": 8}, {"X-Edgemeter-Mode": "local", "X-Edgemeter-Device": "warm-up"})

@@ -28,16 +28,10 @@ import urllib.request
 from pathlib import Path
 
 from .client import OpenAIClient
+from .procs import free_port, wait_http
 
 HEADERS = {"X-Edgemeter-Mode": "hybrid", "X-Edgemeter-Network": "local"}
 LABELS = ('model="fast"', 'backend="upstream"', 'mode="hybrid"', 'network="local"')
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mib(pid: int) -> float:
@@ -73,20 +67,6 @@ def sockets(pid: int, proxy_port: int, upstream_port: int) -> dict[str, int]:
             elif remote == upstream_port:
                 out["upstream"] += 1
     return out
-
-
-def wait_ok(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(url)
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -196,8 +176,8 @@ def main(argv: list[str]) -> int:
                 procs.append(subprocess.Popen([sys.executable, "-m", "proxy", "--config", str(cfg),
                                                "--log-level", "WARNING"], stdout=log, stderr=subprocess.STDOUT))
             upstream, proxy = procs
-            wait_ok(f"http://127.0.0.1:{up_port}/v1/models", upstream)
-            wait_ok(f"http://127.0.0.1:{proxy_port}/readyz", proxy)
+            wait_http(f"http://127.0.0.1:{up_port}/v1/models", upstream)
+            wait_http(f"http://127.0.0.1:{proxy_port}/readyz", proxy)
             metrics_url = f"http://127.0.0.1:{proxy_port}/metrics"
             before = scrape(metrics_url)
             result = run_uvloop(drive(f"http://127.0.0.1:{proxy_port}/v1", a.clients, a.duration, a.tokens,

