@@ -176,7 +176,7 @@ def build_ladder(out: Path, *, gguf: str | None = None, hf_dir: Path | None = No
     from . import convert
 
     out.mkdir(parents=True, exist_ok=True)
-    rungs, base_note = [], ""
+    rungs, is_float = [], False
     source = gguf if hf_dir is None else str(hf_dir)
     source_gguf = resolve_model(gguf) if hf_dir is None else None
     stem = (source_gguf.stem if source_gguf else hf_dir.name).split(".")[0]
@@ -184,9 +184,10 @@ def build_ladder(out: Path, *, gguf: str | None = None, hf_dir: Path | None = No
     if source_gguf is not None:
         facts = describe_gguf(source_gguf)
         src_label = facts["file_type"].removeprefix("MOSTLY_").removeprefix("ALL_")
-        rungs.append({"name": f"source {src_label}", "engine": "llama.cpp", "path": str(source_gguf),
-                      "origin": "the input file, unchanged", **facts})
         is_float = facts["file_type"] in FLOAT_FTYPES
+        # A float input is the ladder's top rung itself; a quantized one is shown as it came.
+        rungs.append({"name": src_label if is_float else f"source {src_label}", "engine": "llama.cpp",
+                      "path": str(source_gguf), "origin": "the input file, unchanged", **facts})
 
     needs_hf = hf_dir is None and not requantize and (mlx_bits or not is_float)
     if needs_hf:

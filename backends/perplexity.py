@@ -74,6 +74,8 @@ class PPLResult:
     ci95: tuple[float, float]
     window_ppl_std: float  # spread of per-window PPL (sample std)
     seconds: float
+    window_nll: list[float]  # per window: NLL sum and targets, to pair models scored on the same windows
+    window_tokens: list[int]
 
 
 def summarize(nll_sums: np.ndarray, counts: np.ndarray, bootstrap: int = 1000,
@@ -234,16 +236,24 @@ def perplexity(source: str | Path, text_path: str | Path = DEFAULT_TEXT, *, ctx:
         scorer.close()
     ppl, ci, std = summarize(sums, counts, bootstrap, seed)
     return PPLResult(str(source), engine, str(text_path), ctx, stride, int(counts.sum()), len(counts), ppl, ci,
-                     std, time.perf_counter() - started)
+                     std, time.perf_counter() - started, sums.tolist(), counts.tolist())
 
 
 def format_table(results: Sequence[PPLResult]) -> str:
-    head = f"{'model':<44} {'engine':<9} {'tokens':>7} {'windows':>7} {'PPL':>9} {'95% CI':>19} {'win std':>8} {'s':>6}"
+    """One row per model; from the second model on, its PPL over the first's, paired by window
+    when both scored the same windows (same tokenizer, text and settings)."""
+    head = (f"{'model':<44} {'engine':<9} {'tokens':>7} {'windows':>7} {'PPL':>9} {'95% CI':>15} "
+            f"{'win std':>8} {'vs first (paired CI)':>25} {'s':>6}")
     rows = [head, "-" * len(head)]
+    first = results[0]
     for r in results:
         ci = f"{r.ci95[0]:.2f}-{r.ci95[1]:.2f}"
+        vs = ""
+        if r is not first and r.window_tokens == first.window_tokens:
+            ratio, (lo, hi) = paired_ratio(first.window_nll, r.window_nll, r.window_tokens)
+            vs = f"{ratio:.3f} ({lo:.3f}-{hi:.3f})"
         rows.append(f"{r.model[-44:]:<44} {r.engine:<9} {r.tokens:>7} {r.windows:>7} {r.ppl:>9.3f} "
-                    f"{ci:>19} {r.window_ppl_std:>8.2f} {r.seconds:>6.1f}")
+                    f"{ci:>15} {r.window_ppl_std:>8.2f} {vs:>25} {r.seconds:>6.1f}")
     return "\n".join(rows)
 
 

@@ -150,19 +150,28 @@ def frontier(results: list[dict], at: str) -> tuple[list[str], dict[str, str]]:
     return pareto_front([(r["name"], r["speed"][at]["decode_tps"]["mean"], r["ppl"]["value"]) for r in results])
 
 
-def vs_reference(result: dict, ref: dict | None) -> str:
-    """PPL relative to the reference rung, paired over the same windows; '-' when not comparable."""
+def paired(result: dict, ref: dict | None) -> tuple[float, tuple[float, float]] | None:
+    """PPL relative to the reference rung, paired over the same windows; None when not comparable."""
     if ref is None or result["ppl"]["window_tokens"] != ref["ppl"]["window_tokens"]:
+        return None
+    return ppl_mod.paired_ratio(ref["ppl"]["window_nll"], result["ppl"]["window_nll"], result["ppl"]["window_tokens"])
+
+
+def reference(results: list[dict], meta: dict) -> dict | None:
+    return next((r for r in results if r["name"] == meta["reference"]), None)
+
+
+def vs_reference(result: dict, ref: dict | None) -> str:
+    if (p := paired(result, ref)) is None:
         return "-"
-    ratio, (lo, hi) = ppl_mod.paired_ratio(ref["ppl"]["window_nll"], result["ppl"]["window_nll"],
-                                           result["ppl"]["window_tokens"])
+    ratio, (lo, hi) = p
     return f"{ratio:.3f} ({lo:.3f}–{hi:.3f})"
 
 
 def markdown(results: list[dict], meta: dict) -> str:
     at = meta["pareto_at"]
     front, dominated = frontier(results, at)
-    ref = next((r for r in results if r["name"] == meta["reference"]), None)
+    ref = reference(results, meta)
     lines = [f"Perplexity: first {meta['ppl_tokens']} tokens of `{Path(meta['text']).name}`, ctx {meta['ctx']}, "
              f"stride {meta['stride']}. Speed: {meta['runs']} runs after {meta['warmup']} warmup, "
              f"{meta['gen_tokens']} generated tokens, {meta['threads']} threads. Base: {meta['base']}.", "",
@@ -191,25 +200,35 @@ def plot(results: list[dict], meta: dict, path: Path) -> None:
 
     at = meta["pareto_at"]
     front, _ = frontier(results, at)
+    ref = reference(results, meta)
     fig, ax = plt.subplots(figsize=(8, 5.2), dpi=120)
-    for r in results:
+    by_speed = sorted(results, key=lambda r: r["speed"][at]["decode_tps"]["mean"])
+    for i, r in enumerate(by_speed):
         x, xerr = r["speed"][at]["decode_tps"]["mean"], r["speed"][at]["decode_tps"]["std"]
-        y, (lo, hi) = r["ppl"]["value"], r["ppl"]["ci95"]
+        y = r["ppl"]["value"]
+        # Paired bars (same windows as the reference) show what the quantization changed;
+        # the absolute CI mostly shows how hard the text is.
+        p = paired(r, ref)
+        lo, hi = (ref["ppl"]["value"] * p[1][0], ref["ppl"]["value"] * p[1][1]) if p else r["ppl"]["ci95"]
         on = r["name"] in front
-        ax.errorbar(x, y, xerr=xerr, yerr=[[y - lo], [hi - y]], fmt="s" if r["engine"] == "mlx" else "o",
-                    color="tab:blue" if on else "0.6", ecolor="0.75", capsize=2, ms=7 if on else 5, zorder=3)
-        ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8,
+        ax.errorbar(x, y, xerr=xerr, yerr=[[max(y - lo, 0)], [max(hi - y, 0)]],
+                    fmt="s" if r["engine"] == "mlx" else "o", color="tab:blue" if on else "0.6",
+                    ecolor="0.75", capsize=2, ms=7 if on else 5, zorder=3)
+        dy = (6, -13, 17, -24)[i % 4]  # stagger labels: quants of similar speed sit close together
+        ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(6, dy), fontsize=8,
                     color="black" if on else "0.45")
     pts = sorted((r["speed"][at]["decode_tps"]["mean"], r["ppl"]["value"]) for r in results if r["name"] in front)
     ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", color="tab:blue", lw=1.2, alpha=0.7,
             label="Pareto frontier")
     ax.plot([], [], "o", color="0.6", label="dominated (o llama.cpp, s MLX)")
     ax.set_xlabel(f"decode tok/s (prompt {at} tokens; mean ± std of {meta['runs']} runs)")
-    ax.set_ylabel(f"WikiText-2 perplexity ({meta['ppl_tokens']} tokens; 95% CI)")
+    bars = f"paired 95% CI vs {meta['reference']}" if ref else "95% CI"
+    ax.set_ylabel(f"WikiText-2 perplexity ({meta['ppl_tokens']} tokens; {bars})")
     ax.set_title("Speed vs quality across the quantization ladder", fontsize=11)
     fig.text(0.5, 0.005, f"base: {meta['base']}", ha="center", fontsize=7, color="0.35", wrap=True)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.margins(x=0.08, y=0.1)  # room for the staggered labels
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -218,8 +237,9 @@ def plot(results: list[dict], meta: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m backends.quality_bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--ladder", type=Path, required=True, help="ladder.json written by python -m backends.ladder")
+    ap.add_argument("--ladder", type=Path, help="ladder.json written by python -m backends.ladder")
     ap.add_argument("--out", type=Path, required=True, help="folder for results.json, results.md, pareto.png")
+    ap.add_argument("--replot", action="store_true", help="only redraw results.md and pareto.png from --out's results.json")
     ap.add_argument("--only", help="comma-separated rung names to run (default: all)")
     ap.add_argument("--text", type=Path, default=ppl_mod.DEFAULT_TEXT, help="perplexity text and prompt source")
     ap.add_argument("--ppl-max-tokens", type=int, default=4096, help="tokens scored for perplexity (default 4096)")
@@ -236,6 +256,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="llama.cpp threads (default: all cores; 1 when other jobs share the cores, "
                          "since llama.cpp's thread barriers stall when a worker is descheduled)")
     args = ap.parse_args(argv)
+    if args.replot:
+        saved = json.loads((args.out / "results.json").read_text())
+        return report(saved["results"], saved["meta"], args.out)
+    if args.ladder is None:
+        ap.error("--ladder is required unless --replot")
 
     manifest = json.loads(args.ladder.read_text())
     rungs = manifest["rungs"]
@@ -258,11 +283,15 @@ def main(argv: list[str] | None = None) -> int:
             "ladder": str(args.ladder), "loadavg_1m": [load_before, os.getloadavg()[0]]}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
-    report = markdown(results, meta)
-    (args.out / "results.md").write_text(report)
-    plot(results, meta, args.out / "pareto.png")
-    print(report)
-    print(f"wrote {args.out / 'results.json'}, results.md, pareto.png")
+    return report(results, meta, args.out)
+
+
+def report(results: list[dict], meta: dict, out: Path) -> int:
+    text = markdown(results, meta)
+    (out / "results.md").write_text(text)
+    plot(results, meta, out / "pareto.png")
+    print(text)
+    print(f"wrote {out / 'results.json'}, results.md, pareto.png")
     return 0
 
 

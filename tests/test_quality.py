@@ -78,13 +78,16 @@ def test_max_tokens_caps_what_is_scored(tmp_path):
     assert result.ci95[0] <= result.ppl <= result.ci95[1]
 
 
-def test_cli_writes_table_and_json(tmp_path, capsys):
+def test_cli_writes_table_and_json_and_pairs_models(tmp_path, capsys):
     text_file, out = tmp_path / "t.txt", tmp_path / "ppl.json"
     text_file.write_text(TEXT * 4)
-    assert ppl.main([SMOLLM2, "--text", str(text_file), "--ctx", "32", "--stride", "16", "--threads", "1", "--json", str(out)]) == 0
-    assert "PPL" in capsys.readouterr().out
-    [row] = json.loads(out.read_text())
-    assert row["engine"] == "llama.cpp" and row["windows"] > 1 and row["ppl"] > 1
+    assert ppl.main([SMOLLM2, SMOLLM2, "--text", str(text_file), "--ctx", "32", "--stride", "16",
+                     "--threads", "1", "--json", str(out)]) == 0
+    assert "1.000 (1.000-1.000)" in capsys.readouterr().out  # a model against itself, window by window
+    first, second = json.loads(out.read_text())
+    assert first["engine"] == "llama.cpp" and first["windows"] > 1 and first["ppl"] > 1
+    assert len(first["window_nll"]) == first["windows"] and sum(first["window_tokens"]) == first["tokens"]
+    assert second["ppl"] == pytest.approx(first["ppl"])
 
 
 # ---------------------------------------------------------------- ladder
