@@ -247,7 +247,8 @@ def format_table(manifest: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m backends.ladder", description=__doc__.split("\n\n")[0])
     src = ap.add_mutually_exclusive_group()
-    src.add_argument("--gguf", default=DEFAULT_SOURCE, help=f"GGUF source, any resolve_model form (default {DEFAULT_SOURCE})")
+    src.add_argument("--gguf", default=DEFAULT_SOURCE,
+                     help=f"GGUF source, any resolve_model form (default {DEFAULT_SOURCE})")
     src.add_argument("--hf-dir", type=Path, help="HF model folder with full-precision weights")
     ap.add_argument("--out", type=Path, required=True, help="folder for the rungs and ladder.json")
     ap.add_argument("--types", default=",".join(DEFAULT_TYPES), help="llama.cpp quant types, comma-separated")

@@ -112,7 +112,7 @@ def measure_rung(rung: dict, cfg: dict) -> dict:
     for length in lengths:
         prompt = prefix + body[: length - len(prefix)]
         samples = [time_generation(runner, prompt, gen) for _ in range(cfg["warmup"] + cfg["runs"])]
-        ttft, prompt_tps, decode_tps = zip(*samples[cfg["warmup"]:])
+        ttft, prompt_tps, decode_tps = zip(*samples[cfg["warmup"]:], strict=True)
         speed[str(length)] = {"ttft_ms": _mean_std([t * 1000 for t in ttft]),
                               "prompt_tps": _mean_std(prompt_tps), "decode_tps": _mean_std(decode_tps)}
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
@@ -175,14 +175,16 @@ def markdown(results: list[dict], meta: dict) -> str:
     lines = [f"Perplexity: first {meta['ppl_tokens']} tokens of `{Path(meta['text']).name}`, ctx {meta['ctx']}, "
              f"stride {meta['stride']}. Speed: {meta['runs']} runs after {meta['warmup']} warmup, "
              f"{meta['gen_tokens']} generated tokens, {meta['threads']} threads. Base: {meta['base']}.", "",
-             f"| rung | engine | size MiB | bpw | peak RSS MiB | PPL (95% CI) | PPL ÷ {meta['reference']} (paired 95% CI) "
+             f"| rung | engine | size MiB | bpw | peak RSS MiB | PPL (95% CI) "
+             f"| PPL ÷ {meta['reference']} (paired 95% CI) "
              f"| decode tok/s @{at} | Pareto |",
              "|---|---|---:|---:|---:|---|---|---:|---|"]
     for r in results:
         p = r["ppl"]
         mark = "frontier" if r["name"] in front else f"dominated by {dominated[r['name']]}"
         bpw = f"{r['bpw']:.2f}" if r.get("bpw") else "-"
-        lines.append(f"| {r['name']} | {r['engine']} | {r['bytes'] / 2**20:.0f} | {bpw} | {r['peak_rss'] / 2**20:.0f} | "
+        lines.append(f"| {r['name']} | {r['engine']} | {r['bytes'] / 2**20:.0f} | {bpw} | "
+                     f"{r['peak_rss'] / 2**20:.0f} | "
                      f"{p['value']:.2f} ({p['ci95'][0]:.2f}–{p['ci95'][1]:.2f}) | {vs_reference(r, ref)} | "
                      f"{_pm(r['speed'][at]['decode_tps'])} | {mark} |")
     lines += ["", "| rung | prompt tokens | TTFT ms | prompt tok/s | decode tok/s |", "|---|---:|---:|---:|---:|"]
@@ -239,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m backends.quality_bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--ladder", type=Path, help="ladder.json written by python -m backends.ladder")
     ap.add_argument("--out", type=Path, required=True, help="folder for results.json, results.md, pareto.png")
-    ap.add_argument("--replot", action="store_true", help="only redraw results.md and pareto.png from --out's results.json")
+    ap.add_argument("--replot", action="store_true",
+                    help="only redraw results.md and pareto.png from --out's results.json")
     ap.add_argument("--only", help="comma-separated rung names to run (default: all)")
     ap.add_argument("--text", type=Path, default=ppl_mod.DEFAULT_TEXT, help="perplexity text and prompt source")
     ap.add_argument("--ppl-max-tokens", type=int, default=4096, help="tokens scored for perplexity (default 4096)")
@@ -247,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stride", type=int, default=256, help="perplexity stride (default 256)")
     ap.add_argument("--prompt-lengths", default=",".join(map(str, DEFAULT_PROMPT_LENGTHS)),
                     help="prompt lengths in tokens (default 32,128,512)")
-    ap.add_argument("--pareto-at", type=int, help="prompt length whose decode tok/s the frontier uses (default: middle)")
+    ap.add_argument("--pareto-at", type=int,
+                    help="prompt length whose decode tok/s the frontier uses (default: the middle one)")
     ap.add_argument("--reference", default="F16", help="rung the PPL ratios are paired against (default F16)")
     ap.add_argument("--gen-tokens", type=int, default=32, help="tokens generated per run (default 32)")
     ap.add_argument("--runs", type=int, default=5, help="timed runs per prompt length (default 5)")
