@@ -98,6 +98,13 @@ class Usage:
 Event = Scheduled | TextDelta | ToolCallDelta | Finish | Usage
 
 
+def check_settings(settings: dict, known: set[str], kind: str) -> None:
+    """Reject a setting the backend does not know: a typo must fail at start, not be ignored."""
+    unknown = set(settings) - known
+    if unknown:
+        raise ValueError(f"{sorted(unknown)[0]}: unknown setting for backend {kind} (known: {', '.join(sorted(known))})")
+
+
 class Backend:
     """Base class. Subclasses set ``kind`` (the Prometheus ``backend`` label) and implement
     ``generate``; ``start``/``close`` load and free resources; ``ready`` gates /readyz."""

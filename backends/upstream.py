@@ -17,7 +17,7 @@ from typing import AsyncIterator
 import aiohttp
 import orjson
 
-from .base import Backend, BackendError, Event, Finish, GenRequest, TextDelta, ToolCallDelta, Usage
+from .base import Backend, BackendError, Event, Finish, GenRequest, TextDelta, ToolCallDelta, Usage, check_settings
 
 SETTINGS = {"base_url", "model", "api_key", "connect_timeout", "read_timeout", "max_connections", "tokenizer",
             "headers"}
@@ -28,9 +28,7 @@ class UpstreamBackend(Backend):
 
     def __init__(self, name: str, settings: dict):
         super().__init__(name)
-        unknown = set(settings) - SETTINGS
-        if unknown:
-            raise ValueError(f"{sorted(unknown)[0]}: unknown setting for backend upstream (known: {', '.join(sorted(SETTINGS))})")
+        check_settings(settings, SETTINGS, self.kind)
         base = settings.get("base_url")
         if not isinstance(base, str) or not base.startswith(("http://", "https://")):
             raise ValueError("base_url: required, an http(s) URL such as http://127.0.0.1:30000/v1")

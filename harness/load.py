@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .client import CallResult, OpenAIClient
+from .procs import run_uvloop
 from .stats import mean, percentile, std
 
 PROFILES = ("synchronous", "concurrent", "throughput", "constant", "poisson", "sweep")
@@ -498,14 +499,6 @@ def _peak(samples: list[Sample]) -> int:
     """Most requests in flight at once, from the send and completion times."""
     events = sorted([(s.sent, 1) for s in samples] + [(s.done, -1) for s in samples])
     return max(itertools.accumulate(d for _, d in events), default=0)
-
-
-def run_uvloop(coro):
-    try:
-        import uvloop
-        return uvloop.run(coro)
-    except ImportError:
-        return asyncio.run(coro)
 
 
 def main(argv: list[str]) -> int:

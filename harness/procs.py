@@ -1,6 +1,7 @@
-"""Server processes for commands and tests: a free loopback port, and waiting until a URL answers."""
+"""Processes for commands and tests: a free loopback port, waiting until a URL answers, the event loop."""
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import time
@@ -26,3 +27,12 @@ def wait_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 6
         except OSError:
             time.sleep(0.1)
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def run_uvloop(coro):
+    """Run a command's coroutine on uvloop where it is installed (Unix), else on asyncio's loop."""
+    try:
+        import uvloop
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)

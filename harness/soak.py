@@ -28,7 +28,7 @@ import urllib.request
 from pathlib import Path
 
 from .client import OpenAIClient
-from .procs import free_port, wait_http
+from .procs import free_port, run_uvloop, wait_http
 
 HEADERS = {"X-Edgemeter-Mode": "hybrid", "X-Edgemeter-Network": "local"}
 LABELS = ('model="fast"', 'backend="upstream"', 'mode="hybrid"', 'network="local"')
@@ -137,14 +137,6 @@ async def drive(base: str, clients: int, duration: float, tokens: int, warmup: f
     rss["peak"] = peak
     return {"requests": tally.requests, "tokens_received": tally.tokens, "errors": tally.errors,
             "error_samples": tally.samples, "rss_mib": {k: round(v, 1) for k, v in rss.items()}}
-
-
-def run_uvloop(coro):
-    try:
-        import uvloop
-        return uvloop.run(coro)
-    except ImportError:
-        return asyncio.run(coro)
 
 
 def main(argv: list[str]) -> int:
