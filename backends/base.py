@@ -98,6 +98,21 @@ class Usage:
 Event = Scheduled | TextDelta | ToolCallDelta | Finish | Usage
 
 
+async def drain(events, cancel) -> AsyncIterator[Event]:
+    """Yield what an in-process engine's worker thread puts on ``events`` until its Usage;
+    re-raise an error it sent; on close (the client left) tell the worker to stop."""
+    try:
+        while True:
+            ev = await events.get()
+            if isinstance(ev, BaseException):
+                raise ev
+            yield ev
+            if isinstance(ev, Usage):
+                break
+    finally:
+        cancel.set()
+
+
 def check_settings(settings: dict, known: set[str], kind: str) -> None:
     """Reject a setting the backend does not know: a typo must fail at start, not be ignored."""
     unknown = set(settings) - known

@@ -17,7 +17,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator
 
-from .base import Backend, BackendError, Event, Finish, GenRequest, Scheduled, TextDelta, Usage, check_settings
+from .base import (Backend, BackendError, Event, Finish, GenRequest, Scheduled, TextDelta, Usage, check_settings,
+                   drain)
 from .sources import resolve_model
 from .text import StopFilter
 
@@ -179,16 +180,8 @@ class LlamaBackend(Backend):
         future = loop.run_in_executor(self.executor, self._run, llm, tokens, req, template_stops, emit, cancel)
         # The slot returns only when the worker has really stopped, even if the client left.
         future.add_done_callback(lambda _: loop.call_soon_threadsafe(self.slots.put_nowait, llm))
-        try:
-            while True:
-                ev = await events.get()
-                if isinstance(ev, BaseException):
-                    raise ev
-                yield ev
-                if isinstance(ev, Usage):
-                    break
-        finally:
-            cancel.set()
+        async for ev in drain(events, cancel):
+            yield ev
 
     def _run(self, llm, prompt: list[int], req: GenRequest, template_stops: list[str], emit, cancel) -> None:
         """Worker thread: the token loop. Emits TextDelta per token, then Finish and Usage."""

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
-from .base import Backend, BackendError, Event, Finish, GenRequest, Scheduled, TextDelta, Usage, check_settings
+from .base import (Backend, BackendError, Event, Finish, GenRequest, Scheduled, TextDelta, Usage, check_settings,
+                   drain)
 from .text import StopFilter
 
 
@@ -194,16 +195,8 @@ class MLXBackend(Backend):
                 pass
         self._inbox.put(_Job(req, emit=lambda ev: to_loop(events.put_nowait, ev),
                              release=lambda: to_loop(self._slots.release), cancel=cancel))
-        try:
-            while True:
-                ev = await events.get()
-                if isinstance(ev, BaseException):
-                    raise ev
-                yield ev
-                if isinstance(ev, Usage):
-                    break
-        finally:
-            cancel.set()
+        async for ev in drain(events, cancel):
+            yield ev
 
     # --- worker thread: owns every MLX call ---
     def _serve(self, loaded: Future) -> None:
