@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-from .base import Backend, BackendError, GenRequest
+from backends.base import Backend, BackendError, GenRequest
 
 KINDS = {
     "upstream": "backends.upstream:UpstreamBackend",

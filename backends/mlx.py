@@ -8,7 +8,7 @@ report ``Scheduled`` when they join the batch. Tokens reach the event loop throu
 ``call_soon_threadsafe``; a closed generator (client gone) is dropped from the batch
 before the next token and its slot is freed.
 
-Make a model folder from a GGUF with ``python -m backends.convert``.
+Make a model folder from a GGUF with ``python -m backends.quality.convert``.
 """
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
-from .base import (Backend, BackendError, Event, Finish, GenRequest, Scheduled, TextDelta, Usage, check_settings,
+from backends.base import (Backend, BackendError, Event, Finish, GenRequest, Scheduled, TextDelta, Usage, check_settings,
                    drain)
-from .text import StopFilter
+from backends.text import StopFilter
 
 
 def _use_system_blas() -> str | None:
@@ -121,7 +121,7 @@ class MLXBackend(Backend):
         super().__init__(name)
         check_settings(settings, SETTINGS, self.kind)
         if not isinstance(settings.get("path"), str):
-            raise ValueError("path: required: an MLX model folder (make one with python -m backends.convert)")
+            raise ValueError("path: required: an MLX model folder (make one with python -m backends.quality.convert)")
         self.path = Path(settings["path"]).expanduser()
         for key in ("max_batch", "n_ctx", "max_tokens"):
             v = settings.get(key)
@@ -149,7 +149,7 @@ class MLXBackend(Backend):
     async def start(self) -> None:
         if not (self.path / "config.json").is_file():
             raise FileNotFoundError(f"no MLX model folder at {self.path} "
-                                    "(make one: python -m backends.convert --gguf SOURCE --out DIR)")
+                                    "(make one: python -m backends.quality.convert --gguf SOURCE --out DIR)")
         self._slots = asyncio.Semaphore(self.max_batch)
         loaded: Future = Future()
         self._thread = threading.Thread(target=self._serve, args=(loaded,), name=f"mlx-{self.name}", daemon=True)

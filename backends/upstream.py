@@ -17,7 +17,7 @@ from typing import AsyncIterator
 import aiohttp
 import orjson
 
-from .base import Backend, BackendError, Event, Finish, GenRequest, TextDelta, ToolCallDelta, Usage, check_settings
+from backends.base import Backend, BackendError, Event, Finish, GenRequest, TextDelta, ToolCallDelta, Usage, check_settings
 
 SETTINGS = {"base_url", "model", "api_key", "connect_timeout", "read_timeout", "max_connections", "tokenizer",
             "headers"}

@@ -5,9 +5,9 @@ Commands:
   run         agent benchmarks (GSM8K, MBPP, HumanEval) through an OpenAI endpoint
   report      summaries, tables and plots from a run directory
   load        load generator (synchronous, concurrency, constant/Poisson rate, sweep)
-  overhead    the proxy's own cost: direct vs through the proxy against a fast upstream
-  replay      cost recorded agent traces under other modes, networks and radios
   soak        many concurrent streams through the proxy for a while: errors, memory, token accounting
+  replay      cost recorded agent traces under other modes, networks and radios
+  bench NAME  a benchmark that prints figures (python -m harness bench --help lists them)
 """
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ import importlib
 import sys
 
 COMMANDS = {
-    "quickstart": "harness.quickstart",
-    "run": "harness.run",
-    "report": "harness.report",
-    "load": "harness.load",
-    "overhead": "harness.overhead",
-    "replay": "harness.replay",
-    "soak": "harness.soak",
+    "quickstart": "harness.agents.quickstart",
+    "run": "harness.agents.run",
+    "report": "harness.agents.report",
+    "load": "harness.load.generator",
+    "soak": "harness.load.soak",
+    "replay": "harness.replay.replay",
+    "bench": "harness.bench",
 }
 
 

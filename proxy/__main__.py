@@ -12,8 +12,8 @@ import tempfile
 
 from aiohttp import web
 
-from .app import create_app
-from .config import ConfigError, load
+from proxy.app import create_app
+from proxy.config import ConfigError, load
 
 
 def main(argv: list[str] | None = None) -> int:

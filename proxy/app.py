@@ -18,13 +18,15 @@ import backends
 from backends import BackendError, GenRequest
 from backends.base import Finish, Scheduled, TextDelta, ToolCallDelta, Usage
 
-from . import metrics, openapi, validate
-from .config import Config
-from .device import Devices
-from .energy import ComputeEnergy
-from .errors import APIError, bad_request
-from .meter import NetTally, RequestLog, RequestMeter, Timeline
-from .router import Route, Router
+from proxy import metrics
+from proxy import openapi
+from proxy import validate
+from proxy.config import Config
+from proxy.device import Devices
+from proxy.energy import ComputeEnergy
+from proxy.errors import APIError, bad_request
+from proxy.meter import NetTally, RequestLog, RequestMeter, Timeline
+from proxy.router import Route, Router
 
 log = logging.getLogger("edgemeter")
 CONFIG, ROUTER, LOG, ENERGY = web.AppKey("config", Config), web.AppKey("router", Router), \

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from . import metrics as m
-from .link import Link, presets_from_config
+from proxy import metrics as m
+from proxy.link import Link, presets_from_config
 
 
 class Device:

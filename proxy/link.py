@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
 
-from .radio import RADIO_PROFILES, Radio, RadioCharge
+from proxy.radio import RADIO_PROFILES, Radio, RadioCharge
 
 MSS = 1448                    # payload bytes per segment
 HEADER = 52                   # IP + TCP + timestamp option

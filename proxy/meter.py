@@ -14,9 +14,9 @@ import uuid
 
 import orjson
 
-from . import metrics as m
-from .link import DELAY_PARTS, DelaySplit
-from .radio import RadioCharge
+from proxy import metrics as m
+from proxy.link import DELAY_PARTS, DelaySplit
+from proxy.radio import RadioCharge
 
 
 

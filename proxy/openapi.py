@@ -12,8 +12,8 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from .config import MODES
-from .validate import MAX_TOKENS_LIMIT, ROLES
+from proxy.config import MODES
+from proxy.validate import MAX_TOKENS_LIMIT, ROLES
 
 JSON = "application/json"
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 from backends import Backend
 
-from .config import MODES, Config
-from .device import Device, Devices
-from .errors import APIError, bad_request
+from proxy.config import MODES, Config
+from proxy.device import Device, Devices
+from proxy.errors import APIError, bad_request
 
 H_MODE, H_NETWORK, H_DEVICE, H_SESSION = ("X-Edgemeter-Mode", "X-Edgemeter-Network", "X-Edgemeter-Device",
                                           "X-Edgemeter-Session")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import bad_request
+from proxy.errors import bad_request
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 MAX_TOKENS_LIMIT = 1 << 20  # far above any context window; larger values are a client bug

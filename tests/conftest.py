@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from harness.procs import free_port, wait_http  # noqa: F401  (re-exported for tests)
+from harness.common.procs import free_port, wait_http  # noqa: F401  (re-exported for tests)
 from proxy.config import from_dict
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,0 +1,237 @@
+"""``python -m harness report RUN_DIR``: summarise ``results.jsonl`` per dataset x mode x
+network preset x model into summary.json, summary.csv, report.md and PNG plots."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from harness.agents.passk import mean_pass_at_k
+from harness.agents.results import read_rows
+from harness.common.stats import bootstrap_ci, mean, percentile, std
+
+GROUP = ("dataset", "mode", "network", "model")
+
+
+def _vals(rows: list[dict], key: str) -> list[float]:
+    return [float(r[key]) for r in rows if r.get(key) is not None]
+
+
+def _calls(rows: list[dict], key: str, proxy: bool = False) -> list[float]:
+    out = []
+    for r in rows:
+        for c in r.get("llm_calls") or []:
+            src = (c.get("edgemeter") or {}) if proxy else c
+            if src.get(key) is not None:
+                out.append(float(src[key]))
+    return out
+
+
+def summarise(rows: list[dict], ks: list[int]) -> dict:
+    passed = [float(bool(r["passed"])) for r in rows]
+    solved = int(sum(passed))
+    wall = _vals(rows, "wall_s")
+    by_task: dict[tuple, list[bool]] = defaultdict(list)
+    for r in rows:
+        by_task[(r["dataset"], r["task_id"])].append(bool(r["passed"]))
+    metered = [r for r in rows if r.get("energy_j") is not None]
+    energy = _vals(metered, "energy_j")
+    total_energy = sum(energy)
+    net = _vals(rows, "net_delay_s")
+    llm_wall = sum(_vals(rows, "llm_wall_s"))
+    completion = sum(_vals(rows, "completion_tokens"))
+    starts = [r["started_at"] for r in rows if r.get("started_at")]
+    makespan = max((r["started_at"] + r["wall_s"] for r in rows), default=0) - min(starts, default=0)
+    ci = bootstrap_ci(passed)
+    s = {
+        "attempts": len(rows), "tasks": len(by_task), "solved": solved,
+        "errors": sum(r.get("error") is not None for r in rows),
+        "accuracy": mean(passed), "accuracy_std": std(passed),
+        "accuracy_ci95": list(ci) if ci else None,
+        **{f"pass@{k}": mean_pass_at_k(((len(v), sum(v)) for v in by_task.values()), k) for k in ks},
+        "wall_s_mean": mean(wall), "wall_s_std": std(wall),
+        "wall_s_ci95": list(bootstrap_ci(wall) or []) or None,
+        "wall_s_p50": percentile(wall, 50), "wall_s_p90": percentile(wall, 90), "wall_s_p99": percentile(wall, 99),
+        "ttft_s_p50": percentile(_calls(rows, "ttft_s"), 50), "ttft_s_p95": percentile(_calls(rows, "ttft_s"), 95),
+        "proxy_ttft_s_p50": percentile(_calls(rows, "ttft_s", proxy=True), 50),
+        "itl_s_mean": mean(_calls(rows, "itl_mean_s")),
+        "call_e2e_s_p50": percentile(_calls(rows, "e2e_s"), 50),
+        "turns_mean": mean(_vals(rows, "turns")), "tool_calls_mean": mean(_vals(rows, "n_tool_calls")),
+        "prompt_tokens_mean": mean(_vals(rows, "prompt_tokens")),
+        "completion_tokens_mean": mean(_vals(rows, "completion_tokens")),
+        "tokens_per_s": completion / llm_wall if llm_wall else None,
+        "llm_s_mean": mean(_vals(rows, "llm_wall_s")), "tool_s_mean": mean(_vals(rows, "tool_wall_s")),
+        "net_delay_s_mean": mean(net) if net else None,
+        "net_share": sum(net) / sum(wall) if net and sum(wall) else None,
+        "energy_j_mean": mean(energy) if energy else None, "energy_j_std": std(energy) if energy else None,
+        "energy_j_ci95": list(bootstrap_ci(energy) or []) or None,
+        "radio_j_mean": mean(_vals(metered, "radio_j")) if metered else None,
+        "compute_j_mean": mean(_vals(metered, "compute_j")) if metered else None,
+        "energy_j_per_solved": (total_energy / sum(bool(r["passed"]) for r in metered)
+                                if metered and any(r["passed"] for r in metered) else None),
+        "solved_per_agent_hour": solved / (sum(wall) / 3600) if wall and sum(wall) else None,
+        "solved_per_hour": solved / (makespan / 3600) if makespan > 0 else None,
+    }
+    return s
+
+
+def summaries(rows: list[dict], ks: list[int]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[tuple(r.get(k) for k in GROUP)].append(r)
+    return [{**dict(zip(GROUP, key)), **summarise(g, ks)}
+            for key, g in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0]))]
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        if math.isinf(v) or math.isnan(v):
+            return "n/a"
+        return f"{v:.{digits}g}" if abs(v) < 1000 else f"{v:,.0f}"
+    return str(v)
+
+
+def _label(s: dict, keys=("mode", "network", "model")) -> str:
+    return " / ".join(str(s[k]) if s[k] is not None else "-" for k in keys)
+
+
+def markdown(sums: list[dict], info: dict, ks: list[int]) -> str:
+    lines = ["# Edgemeter harness report", ""]
+    if info:
+        a = info.get("args", {})
+        lines += [f"- endpoint: `{a.get('base_url')}`; datasets: {a.get('dataset')}; protocol: {a.get('protocol')}; "
+                  f"run mode: {info.get('run_mode')}; samples per task: {a.get('n')}; repeats: {a.get('repeats')}; "
+                  f"temperature: {a.get('temperature')}; max turns: {a.get('max_turns')}; "
+                  f"max tokens per task: {a.get('max_tokens')}",
+                  f"- sandbox isolation: {', '.join(info.get('sandbox_isolation') or []) or 'n/a'}",
+                  "- accuracy CI: bootstrap 95% over attempts; energy n/a when the endpoint sends no "
+                  "`edgemeter` record (not the Edgemeter proxy)", ""]
+    pk = [f"pass@{k}" for k in ks]
+    head = ["dataset", "mode / network / model", "attempts", "accuracy [95% CI]", *pk, "wall s p50 / p90",
+            "TTFT s p50", "tokens/task (in/out)", "net share", "J/task", "J/solved", "solved/agent-h"]
+    lines += ["## Accuracy and cost", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in sums:
+        ci = s["accuracy_ci95"]
+        acc = f"{_fmt(s['accuracy'])} [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else _fmt(s["accuracy"])
+        row = [s["dataset"], _label(s), f"{s['attempts']} ({s['errors']} err)", acc, *[_fmt(s[p]) for p in pk],
+               f"{_fmt(s['wall_s_p50'])} / {_fmt(s['wall_s_p90'])}", _fmt(s["ttft_s_p50"]),
+               f"{_fmt(s['prompt_tokens_mean'])} / {_fmt(s['completion_tokens_mean'])}", _fmt(s["net_share"]),
+               _fmt(s["energy_j_mean"]) + (f" ± {_fmt(s['energy_j_std'])}" if s["energy_j_std"] else ""),
+               _fmt(s["energy_j_per_solved"]), _fmt(s["solved_per_agent_hour"])]
+        lines.append("| " + " | ".join(row) + " |")
+    head = ["dataset", "mode / network / model", "wall s mean ± std [95% CI]", "model calls s", "network delay s", "tools s",
+            "turns", "tool calls", "ITL ms", "tokens/s", "radio J", "compute J"]
+    lines += ["", "## Latency breakdown (means per task)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in sums:
+        itl = None if s["itl_s_mean"] is None else s["itl_s_mean"] * 1000
+        wci = s["wall_s_ci95"]
+        wall = f"{_fmt(s['wall_s_mean'])} ± {_fmt(s['wall_s_std'])}" + (f" [{_fmt(wci[0])}, {_fmt(wci[1])}]" if wci else "")
+        row = [s["dataset"], _label(s), wall, _fmt(s["llm_s_mean"]),
+               _fmt(s["net_delay_s_mean"]), _fmt(s["tool_s_mean"]), _fmt(s["turns_mean"]),
+               _fmt(s["tool_calls_mean"]), _fmt(itl), _fmt(s["tokens_per_s"]), _fmt(s["radio_j_mean"]),
+               _fmt(s["compute_j_mean"])]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "Plots: `energy_per_solved.png`, `latency_breakdown.png`, `accuracy_vs_cost.png`.", ""]
+    return "\n".join(lines)
+
+
+def plots(sums: list[dict], out: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    labels = [f"{s['dataset']}\n{_label(s)}" for s in sums]
+    height = max(3.0, 0.55 * len(sums) + 1.5)
+
+    fig, ax = plt.subplots(figsize=(9, height))
+    vals = [s["energy_j_per_solved"] or 0.0 for s in sums]
+    bars = ax.barh(labels, vals, color="tab:green")
+    for b, s in zip(bars, sums):
+        if s["energy_j_per_solved"] is None:
+            why = " no energy record (endpoint is not Edgemeter)" if s["energy_j_mean"] is None else " no task solved"
+            ax.text(0, b.get_y() + b.get_height() / 2, why, va="center", fontsize=8)
+    ax.set_xlim(0, max(vals) * 1.1 or 1.0)
+    ax.set_xlabel("joules per solved task (device radio + compute)")
+    ax.set_title("Energy per solved task by mode and network preset")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    written.append(out / "energy_per_solved.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(9, height))
+    net = [s["net_delay_s_mean"] or 0.0 for s in sums]
+    model = [max((s["llm_s_mean"] or 0.0) - n, 0.0) for s, n in zip(sums, net)]
+    tools = [s["tool_s_mean"] or 0.0 for s in sums]
+    other = [max((s["wall_s_mean"] or 0.0) - m - n - t, 0.0) for s, m, n, t in zip(sums, model, net, tools)]
+    left = [0.0] * len(sums)
+    for name, part, color in (("model (excl. network)", model, "tab:blue"), ("network delay", net, "tab:orange"),
+                              ("tools", tools, "tab:purple"), ("harness/other", other, "tab:gray")):
+        ax.barh(labels, part, left=left, label=name, color=color)
+        left = [a + b for a, b in zip(left, part)]
+    ax.set_xlabel("seconds per task (mean)")
+    ax.set_title("Latency breakdown")
+    ax.invert_yaxis()
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    written.append(out / "latency_breakdown.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(10, 5))
+    use_energy = any(s["energy_j_mean"] is not None for s in sums)
+    markers = "osD^v<>phX*"
+    for i, (s, label) in enumerate(zip(sums, labels)):
+        x = s["energy_j_mean"] if use_energy else s["wall_s_mean"]
+        if x is None or s["accuracy"] is None:
+            continue
+        ax.scatter(x, s["accuracy"], marker=markers[i % len(markers)], s=50, alpha=0.8,
+                   label=label.replace("\n", ": "))
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_xlabel("joules per task (mean)" if use_energy else "seconds per task (mean; no energy record)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title("Accuracy vs cost")
+    fig.tight_layout()
+    written.append(out / "accuracy_vs_cost.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+    return written
+
+
+def write_report(run_dir: str | Path, *, with_plots: bool = True) -> list[dict]:
+    out = Path(run_dir)
+    info_path = out / "run.json"
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    ks = info.get("k") or [1]
+    sums = summaries(read_rows(out / "results.jsonl"), ks)
+    (out / "summary.json").write_text(json.dumps(sums, indent=2))
+    with open(out / "summary.csv", "w", newline="") as f:
+        fields = list(sums[0]) if sums else list(GROUP)
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for s in sums:
+            w.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in s.items()})
+    (out / "report.md").write_text(markdown(sums, info, ks))
+    if with_plots and sums:
+        plots(sums, out)
+    return sums
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m harness report", description=__doc__)
+    p.add_argument("run_dir")
+    p.add_argument("--no-plots", action="store_true")
+    args = p.parse_args(argv)
+    if not (Path(args.run_dir) / "results.jsonl").exists():
+        print(f"no results.jsonl in {args.run_dir}")
+        return 1
+    sums = write_report(args.run_dir, with_plots=not args.no_plots)
+    print((Path(args.run_dir) / "report.md").read_text())
+    return 0 if sums else 1

@@ -1,0 +1,305 @@
+"""``python -m harness run``: drive agents through an OpenAI-compatible endpoint and record
+accuracy next to latency, tokens, network delay and energy.
+
+Two ways to run:
+  accurate  one task at a time, warm-up attempts discarded, ``--repeats`` per sample, so
+            latency and energy figures come with spread and confidence intervals;
+  bulk      ``--concurrency N`` agents at once (each its own device), for throughput.
+A sweep covers mode x network preset x model from one command (``--modes``,
+``--networks``, ``--models`` or a ``--sweep`` YAML) using Edgemeter's per-request
+headers, so nothing restarts. Every attempt is one line in ``results.jsonl``; a
+rerun with the same ``--out`` skips the attempts already there.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from harness.agents import agent
+from harness.agents import datasets
+from harness.agents import grading
+from harness.common.client import OpenAIClient
+from harness.agents.results import ResultsFile, attempt_key
+from harness.agents.sandbox import Sandbox
+from harness.agents.tools import Toolbox, Workspace
+
+H_MODE, H_NETWORK, H_DEVICE, H_SESSION = ("X-Edgemeter-Mode", "X-Edgemeter-Network", "X-Edgemeter-Device",
+                                          "X-Edgemeter-Session")
+MODES = ("local", "hybrid", "cloud")
+_ENERGY_KEYS = ("radio_j", "compute_j", "bytes_up", "bytes_down")
+
+
+@dataclass(frozen=True)
+class Combo:
+    """One point of a sweep; None leaves the choice to the server."""
+    mode: str | None
+    network: str | None
+    model: str
+
+
+@dataclass(frozen=True)
+class Job:
+    task: datasets.Task
+    combo: Combo
+    sample: int
+    repeat: int
+
+    def key(self) -> tuple:
+        return attempt_key({"dataset": self.task.dataset, "task_id": self.task.id, "sample": self.sample,
+                            "repeat": self.repeat, **asdict(self.combo)})
+
+
+def _csv(text: str | None) -> list[str]:
+    return [x.strip() for x in (text or "").split(",") if x.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m harness run", description=__doc__.split("\n\n")[0])
+    a = p.add_argument
+    a("--base-url", default=os.environ.get("EDGEMETER_BASE_URL", "http://127.0.0.1:8080/v1"))
+    a("--api-key", default=os.environ.get("OPENAI_API_KEY"))
+    a("--dataset", required=True, help=f"one or more of {','.join(datasets.DATASETS)}, comma-separated")
+    a("--data-dir", default=None, help="benchmark data (default $EDGEMETER_DATA or ../shared/data)")
+    a("--limit", type=int, help="tasks per dataset")
+    a("--ids", help="comma-separated task ids (GSM8K: row index; MBPP: task_id; HumanEval: the number)")
+    a("--seed", type=int, help="sample tasks at random with this seed; also sent as the request seed")
+    a("--out", required=True, help="run directory (results.jsonl, run.json, report)")
+    a("--modes", help="comma-separated deployment modes (local,hybrid,cloud)")
+    a("--networks", help="comma-separated network presets")
+    a("--models", help="comma-separated model names (default: the server's first model)")
+    a("--sweep", help="YAML with modes/networks/models lists, or runs: [{mode, network, model}]")
+    a("--device", default="harness", help="device id prefix; agent slot i uses <prefix>-i")
+    a("--protocol", choices=agent.PROTOCOLS, default="text")
+    a("--max-turns", type=int, default=6)
+    a("--max-tokens", type=int, default=1024, help="completion tokens per task, over all its calls")
+    a("--max-tokens-per-call", type=int, default=512)
+    a("--temperature", type=float, default=0.0)
+    a("--n", type=int, default=1, help="samples per task (pass@k needs k <= n)")
+    a("--k", default="1", help="comma-separated k values for pass@k")
+    a("--run-mode", choices=("accurate", "bulk"), default=None,
+      help="default: bulk when --concurrency > 1, else accurate")
+    a("--concurrency", type=int, default=1)
+    a("--repeats", type=int, default=1, help="repeats of each sample (accurate mode)")
+    a("--warmup", type=int, default=None, help="discarded warm-up attempts per sweep point (default 1 accurate, 0 bulk)")
+    a("--timeout", type=float, default=600.0, help="per HTTP call, seconds")
+    a("--no-stream", action="store_true")
+    a("--transcripts", action="store_true", help="store each attempt's messages in results.jsonl")
+    a("--no-progress", action="store_true")
+    a("--no-report", action="store_true")
+    return p
+
+
+def load_combos(args, default_model: str | None) -> list[Combo]:
+    spec: dict = {}
+    if args.sweep:
+        import yaml
+        spec = yaml.safe_load(Path(args.sweep).read_text()) or {}
+    if spec.get("runs"):
+        return [Combo(r.get("mode"), r.get("network"), r.get("model") or default_model) for r in spec["runs"]]
+    modes = _csv(args.modes) or list(spec.get("modes") or []) or [None]
+    networks = _csv(args.networks) or list(spec.get("networks") or []) or [None]
+    models = _csv(args.models) or list(spec.get("models") or []) or [default_model]
+    for m in modes:
+        if m is not None and m not in MODES:
+            raise SystemExit(f"unknown mode {m!r}; choose from {', '.join(MODES)}")
+    return [Combo(m, n, mod) for m, n, mod in itertools.product(modes, networks, models)]
+
+
+def _net_total(rec: dict) -> float:
+    v = rec.get("net_delay_s")
+    return float((v.get("total") if isinstance(v, dict) else v) or 0.0)
+
+
+def _completion_tokens(call: dict) -> tuple[int, bool]:
+    """(count, estimated): servers that send no usage in streams (llama-cpp-python's) are
+    counted one token per chunk."""
+    exact = call["completion_tokens"] or (call.get("edgemeter") or {}).get("completion_tokens")
+    return (exact, False) if exact else (call["chunks"], bool(call["chunks"]))
+
+
+def task_totals(llm_calls: list[dict], session: dict | None) -> dict:
+    """Per-attempt tokens, network delay, bytes and energy. The proxy's session record, when
+    there is one, is the authority: it adds the final answer's download in cloud mode."""
+    recs = [c["edgemeter"] for c in llm_calls if c.get("edgemeter")]
+    counts = [_completion_tokens(c) for c in llm_calls]
+    t = {"prompt_tokens": sum(c["prompt_tokens"] or (c.get("edgemeter") or {}).get("prompt_tokens") or 0
+                              for c in llm_calls),
+         "completion_tokens": sum(n for n, _ in counts), "tokens_estimated": any(e for _, e in counts),
+         "metered": bool(recs), "energy_source": "calls" if recs else None}
+    t["net_delay_s"] = sum(_net_total(r) for r in recs) if recs else None
+    for k in _ENERGY_KEYS:
+        t[k] = sum(float(r.get(k) or 0) for r in recs) if recs else None
+    if session and "calls" in session and "error" not in session:
+        t["net_delay_s"] = _net_total(session)
+        for k in _ENERGY_KEYS:
+            t[k] = float(session.get(k) or 0)
+        t["metered"], t["energy_source"] = True, "session"
+    t["energy_j"] = None if t["radio_j"] is None else t["radio_j"] + (t["compute_j"] or 0.0)
+    return t
+
+
+class Runner:
+    def __init__(self, args, client: OpenAIClient, sandbox: Sandbox, results: ResultsFile, run_mode: str):
+        self.args = args
+        self.client = client
+        self.sandbox = sandbox
+        self.results = results
+        self.run_mode = run_mode
+        self.done = self.passed = self.errors = self.tokens = 0
+        self.t0 = time.perf_counter()
+        self.bar = None
+
+    def agent_config(self, combo: Combo, sample: int) -> agent.AgentConfig:
+        a = self.args
+        return agent.AgentConfig(model=combo.model, protocol=a.protocol, max_turns=a.max_turns,
+                                 max_tokens=a.max_tokens, max_tokens_per_call=a.max_tokens_per_call,
+                                 temperature=a.temperature, seed=None if a.seed is None else a.seed + sample,
+                                 stream=not a.no_stream)
+
+    async def attempt(self, job: Job, device: str) -> dict:
+        session = uuid.uuid4().hex
+        headers = {h: v for h, v in ((H_MODE, job.combo.mode), (H_NETWORK, job.combo.network),
+                                     (H_DEVICE, device), (H_SESSION, session)) if v}
+        ws = tempfile.mkdtemp(prefix="edgemeter-ws-")
+        started, t0 = time.time(), time.perf_counter()
+        try:
+            out = await agent.solve(self.client, Toolbox(self.sandbox, Workspace(ws)), job.task,
+                                    self.agent_config(job.combo, job.sample), headers)
+            record = await self.client.end_session(session, out.answer or "", headers=headers)
+            wall = time.perf_counter() - t0
+            g = await grading.agrade(job.task, out.answer, self.sandbox)
+        finally:
+            shutil.rmtree(ws, ignore_errors=True)
+        tool_wall = sum(t["wall_s"] for t in out.tool_calls)
+        row = {
+            "dataset": job.task.dataset, "task_id": job.task.id, "sample": job.sample, "repeat": job.repeat,
+            **asdict(job.combo), "device": device, "session": session, "run_mode": self.run_mode,
+            "protocol": self.args.protocol, "started_at": started, "wall_s": wall,
+            "passed": g.passed, "extracted": (g.extracted or "")[:2000], "grade_detail": g.detail,
+            "answer": (out.answer or "")[:4000], "final_answer_bytes": len((out.answer or "").encode()),
+            "answer_source": out.answer_source,
+            "stop_reason": out.stop_reason, "error": out.error, "turns": out.turns,
+            "n_llm_calls": len(out.llm_calls), "n_tool_calls": len(out.tool_calls),
+            "llm_wall_s": sum(c["e2e_s"] or 0 for c in out.llm_calls), "tool_wall_s": tool_wall,
+            **task_totals(out.llm_calls, record),
+            "llm_calls": out.llm_calls, "tool_calls": out.tool_calls, "session_record": record,
+        }
+        if self.args.transcripts:
+            row["messages"] = out.messages
+        return row
+
+    def record(self, row: dict) -> None:
+        self.results.append(row)
+        self.done += 1
+        self.passed += bool(row["passed"])
+        self.errors += row["error"] is not None
+        self.tokens += row["completion_tokens"]
+        if self.bar is not None:
+            rate = self.tokens / max(time.perf_counter() - self.t0, 1e-9)
+            self.bar.set_postfix(passed=self.passed, errors=self.errors, tok_s=f"{rate:.1f}", refresh=False)
+            self.bar.update(1)
+
+    async def warm_up(self, combos: list[Combo], task: datasets.Task, n: int) -> None:
+        for combo in combos:
+            for i in range(n):
+                await self.attempt(Job(task, combo, -1 - i, 0), f"{self.args.device}-0")
+
+    async def run_accurate(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            self.record(await self.attempt(job, f"{self.args.device}-0"))
+
+    async def run_bulk(self, jobs: list[Job], concurrency: int) -> None:
+        queue: asyncio.Queue[Job] = asyncio.Queue()
+        for job in jobs:
+            queue.put_nowait(job)
+
+        async def agent_slot(slot: int) -> None:
+            while not queue.empty():
+                self.record(await self.attempt(queue.get_nowait(), f"{self.args.device}-{slot}"))
+        await asyncio.gather(*(agent_slot(i) for i in range(concurrency)))
+
+
+async def _default_model(client: OpenAIClient) -> str | None:
+    """The server's first model, for sweep points that name none."""
+    try:
+        return (await client.models() or [None])[0]
+    except Exception as e:  # noqa: BLE001 - any failure here means the same thing to the user
+        raise SystemExit(f"cannot list models at {client.base_url} ({e}); pass --models") from e
+
+
+def plan(tasks: list[datasets.Task], combos: list[Combo], n: int, repeats: int) -> list[Job]:
+    return [Job(t, c, s, r) for c in combos for t in tasks for s in range(n) for r in range(repeats)]
+
+
+async def _run(args) -> int:
+    ks = [int(k) for k in _csv(args.k)]
+    if any(k < 1 or k > args.n for k in ks):
+        raise SystemExit(f"every k must be within 1..n (n={args.n}, k={ks})")
+    run_mode = args.run_mode or ("bulk" if args.concurrency > 1 else "accurate")
+    concurrency = args.concurrency if run_mode == "bulk" else 1
+    repeats = args.repeats if run_mode == "accurate" else 1
+    warmup = args.warmup if args.warmup is not None else (1 if run_mode == "accurate" else 0)
+    tasks = []
+    for name in _csv(args.dataset):
+        tasks += datasets.select(datasets.load(name, args.data_dir), limit=args.limit, ids=_csv(args.ids) or None,
+                                 seed=args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = ResultsFile(out / "results.jsonl")
+    async with OpenAIClient(args.base_url, api_key=args.api_key, timeout_s=args.timeout,
+                            max_connections=max(4, 2 * concurrency)) as client:
+        combos = load_combos(args, None if _csv(args.models) else await _default_model(client))
+        done = results.done_keys()
+        jobs = [j for j in plan(tasks, combos, args.n, repeats) if j.key() not in done]
+        with Sandbox(concurrency + 1) as sandbox:
+            _write_run_info(out, args, run_mode, combos, ks, sandbox.isolation)
+            runner = Runner(args, client, sandbox, results, run_mode)
+            print(f"{len(jobs)} attempts to run ({len(done)} already recorded), {len(combos)} sweep point(s), "
+                  f"{run_mode} mode; sandbox isolation: {', '.join(sandbox.isolation)}", file=sys.stderr)
+            if jobs and warmup:
+                await runner.warm_up(sorted({j.combo for j in jobs}, key=combos.index), jobs[0].task, warmup)
+            if not args.no_progress:
+                from tqdm import tqdm
+                runner.bar = tqdm(total=len(jobs), unit="task", dynamic_ncols=True, file=sys.stderr)
+            runner.t0 = time.perf_counter()
+            try:
+                if run_mode == "bulk":
+                    await runner.run_bulk(jobs, concurrency)
+                else:
+                    await runner.run_accurate(jobs)
+            finally:
+                if runner.bar is not None:
+                    runner.bar.close()
+                results.close()
+    if not args.no_report:
+        from . import report
+        report.write_report(out)
+        print(f"report: {out / 'report.md'}", file=sys.stderr)
+    return 0
+
+
+def _write_run_info(out: Path, args, run_mode: str, combos: list[Combo], ks: list[int], isolation: list[str]) -> None:
+    info = {"args": {k: v for k, v in vars(args).items() if k != "api_key"}, "run_mode": run_mode, "k": ks,
+            "combos": [asdict(c) for c in combos], "sandbox_isolation": isolation, "written_at": time.time()}
+    tmp = out / "run.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2))
+    os.replace(tmp, out / "run.json")
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(_run(args))
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,525 @@
+"""``python -m harness load``: load generator for any OpenAI-compatible server, Edgemeter or not.
+
+Profiles (GuideLLM's names):
+  synchronous  one request at a time
+  concurrent   ``--concurrency N`` requests in flight, each slot refilled when its request ends
+  throughput   as many in flight as ``--max-concurrency`` allows (default 256): saturation
+  constant     ``--rate R`` requests/s, evenly spaced (open loop)
+  poisson      ``--rate R`` requests/s, exponential gaps (``--burstiness`` != 1: gamma, as vllm)
+  sweep        synchronous, then throughput, then ``--sweep-size`` rates evenly in between
+With no ``--profile``: ``--rate`` picks constant or poisson (``--arrival``), ``--concurrency``
+picks concurrent, otherwise synchronous.
+
+Prompts are synthetic (``--input-tokens`` common words, one token each in BPE vocabularies;
+the server's usage counts are what is reported) or GSM8K questions (``--dataset gsm8k``).
+Output length is asked for with ``max_tokens`` plus ``ignore_eos``/``min_tokens`` when the
+server accepts them (one probe request finds out). Warm-up requests (``--warmup N`` or
+``--warmup 5s``) are sent but not counted; ``--max-requests``/``--duration`` bound the rest.
+
+Reported per benchmark with vllm bench serve's names: completed, failed, request and token
+throughput, goodput (``--goodput ttft:MS tpot:MS e2el:MS``, DistServe's definition: a request
+is good when it meets every SLO given), and mean/median/std/percentiles of TTFT, TPOT
+((e2el - ttft) / (output tokens - 1)), ITL (gap between content chunks) and E2EL, in ms.
+A non-streamed request's TTFT is its E2EL (its first token arrives with its last).
+``--out DIR`` writes NAME.json and NAME.csv; ``python -m harness load compare A.json B.json``
+puts two runs side by side.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import itertools
+import json
+import os
+import platform
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from harness.common.client import CallResult, OpenAIClient
+from harness.common.procs import run_uvloop
+from harness.common.stats import mean, percentile, std
+
+PROFILES = ("synchronous", "concurrent", "throughput", "constant", "poisson", "sweep")
+METRICS = ("ttft", "tpot", "itl", "e2el")
+H_MODE, H_NETWORK, H_DEVICE = "X-Edgemeter-Mode", "X-Edgemeter-Network", "X-Edgemeter-Device"
+# Common English words that BPE tokenizers (GPT, Llama, Qwen, SmolLM) keep as one token with their leading space.
+WORDS = ("the of and to in is was for that on as with by he it at from his an were are which this be or "
+         "has had first one their its new after who they have her she two been other when there all during "
+         "into school time may years more most only over city some world would where later up such used many "
+         "can state about national out known university united then made year since south well both under "
+         "american three also team called part film would found each season between people north music "
+         "group like game high series number early work name through last against while these including "
+         "area back public around life history county best family war however much because several second "
+         "four long home great major top still before well where day general what water small way").split()
+
+
+# --- arrival schedules ---
+
+def arrivals(profile: str, rate: float | None = None, *, burstiness: float = 1.0, seed: int = 0) -> Iterator[float]:
+    """Send times in seconds from the start, without end. Closed-loop profiles send at once
+    (the concurrency cap paces them); constant spaces requests 1/rate apart; poisson draws
+    gamma gaps of mean 1/rate and shape ``burstiness`` (1 is exponential, i.e. Poisson)."""
+    if profile in ("synchronous", "concurrent", "throughput"):
+        return itertools.repeat(0.0)
+    if not rate or rate <= 0:
+        raise ValueError(f"profile {profile} needs a rate > 0")
+    if profile == "constant":
+        return (i / rate for i in itertools.count())
+    if profile == "poisson":
+        rng = random.Random(seed)
+        return itertools.accumulate(rng.gammavariate(burstiness, 1 / (rate * burstiness))
+                                    for _ in itertools.count())
+    raise ValueError(f"unknown profile {profile!r}")
+
+
+# --- statistics ---
+
+def describe(xs: list[float], percentiles=(90, 99)) -> dict:
+    """mean, median, std (sample) and the given percentiles; None where there is no data."""
+    out = {"mean": mean(xs), "median": percentile(xs, 50), "std": std(xs)}
+    for q in percentiles:
+        out[f"p{q:g}"] = percentile(xs, q)
+    return out
+
+
+def parse_goodput(items: list[str] | None) -> dict[str, float]:
+    """``["ttft:200", "e2el:5000"]`` -> {"ttft": 200.0, "e2el": 5000.0} (milliseconds), as vllm's --goodput."""
+    slo = {}
+    for item in items or ():
+        name, _, value = item.partition(":")
+        if name not in ("ttft", "tpot", "e2el"):
+            raise ValueError(f"--goodput: unknown metric {name!r} (use ttft, tpot, e2el)")
+        try:
+            slo[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--goodput: {item!r} needs a number of milliseconds, e.g. {name}:200") from None
+        if slo[name] <= 0:
+            raise ValueError(f"--goodput: {item!r} must be positive")
+    return slo
+
+
+@dataclass
+class Sample:
+    """One request as the client saw it, with perf_counter send and completion times."""
+    index: int
+    warmup: bool
+    sent: float
+    done: float
+    result: CallResult
+    stream: bool
+
+    @property
+    def ttft(self) -> float | None:
+        return self.result.ttft_s if self.stream else self.result.e2e_s
+
+    @property
+    def output_tokens(self) -> int:
+        r = self.result
+        return r.completion_tokens or (len(r.itl_s) + 1 if r.ttft_s is not None else 0)
+
+    @property
+    def tpot(self) -> float:
+        """vllm: (e2el - ttft) / (output tokens - 1), 0 for a one-token output."""
+        n, ttft = self.output_tokens, self.ttft
+        return (self.result.e2e_s - ttft) / (n - 1) if n > 1 and ttft is not None else 0.0
+
+    def good(self, slo: dict[str, float]) -> bool:
+        got = {"ttft": self.ttft, "tpot": self.tpot, "e2el": self.result.e2e_s}
+        return all(got[k] is not None and got[k] * 1000 <= v for k, v in slo.items())
+
+    def row(self) -> dict:
+        r = self.result
+        return {"index": self.index, "warmup": self.warmup, "ok": r.ok, "error": r.error, "sent_s": self.sent,
+                "ttft_ms": _ms(self.ttft), "e2el_ms": _ms(r.e2e_s), "itl_ms": [x * 1000 for x in r.itl_s],
+                "input_tokens": r.prompt_tokens, "output_tokens": self.output_tokens, "edgemeter": r.edgemeter}
+
+
+def _ms(v: float | None) -> float | None:
+    return None if v is None else v * 1000
+
+
+def summarize(samples: list[Sample], slo: dict[str, float] | None = None, percentiles=(90, 99)) -> dict:
+    """vllm bench serve's metrics over the non-warm-up requests. The window runs from the
+    first such request's send to the last one's completion."""
+    measured = [s for s in samples if not s.warmup]
+    ok = [s for s in measured if s.result.ok]
+    duration = (max(s.done for s in measured) - min(s.sent for s in measured)) if measured else 0.0
+
+    def rate(n: float) -> float | None:
+        return n / duration if duration > 0 else None
+    total_in = sum(s.result.prompt_tokens for s in ok)
+    total_out = sum(s.output_tokens for s in ok)
+    series = {
+        "ttft": [s.ttft for s in ok if s.ttft is not None],
+        "tpot": [s.tpot for s in ok if s.output_tokens > 1],
+        "itl": [x for s in ok for x in s.result.itl_s],
+        "e2el": [s.result.e2e_s for s in ok],
+    }
+    errors: dict[str, int] = {}
+    for s in measured:
+        if not s.result.ok:
+            errors[s.result.error or "error"] = errors.get(s.result.error or "error", 0) + 1
+    out = {
+        "completed": len(ok), "failed": len(measured) - len(ok), "duration": duration,
+        "total_input_tokens": total_in, "total_output_tokens": total_out,
+        "request_throughput": rate(len(ok)), "output_throughput": rate(total_out),
+        "total_token_throughput": rate(total_in + total_out),
+        "request_goodput": rate(sum(s.good(slo) for s in ok)) if slo else None,
+    }
+    for name, xs in series.items():
+        for stat, v in describe(xs, percentiles).items():
+            out[f"{stat}_{name}_ms"] = _ms(v)
+    out["errors"] = errors
+    return out
+
+
+# --- prompts ---
+
+class Prompts:
+    """Request bodies: synthetic word prompts (distinct per request, so no prefix cache helps)
+    or GSM8K questions in a seeded order."""
+
+    def __init__(self, dataset: str, input_tokens: int, seed: int, data_dir: str | None = None):
+        self.dataset, self.input_tokens, self.seed = dataset, input_tokens, seed
+        self.questions: list[str] = []
+        if dataset == "gsm8k":
+            from .datasets import load
+            self.questions = [t.prompt for t in load("gsm8k", data_dir)]
+            random.Random(seed).shuffle(self.questions)
+        elif dataset != "synthetic":
+            raise ValueError(f"unknown dataset {dataset!r} (synthetic, gsm8k)")
+
+    def messages(self, i: int) -> list[dict]:
+        if self.questions:
+            return [{"role": "user", "content": self.questions[i % len(self.questions)]}]
+        rng = random.Random(f"{self.seed}:{i}")
+        return [{"role": "user", "content": " ".join(rng.choices(WORDS, k=self.input_tokens))}]
+
+
+# --- running ---
+
+@dataclass
+class Spec:
+    """One benchmark: a profile, its rate (open loop) and its cap on requests in flight."""
+    profile: str
+    rate: float | None = None
+    cap: int | None = None
+    burstiness: float = 1.0
+
+    @property
+    def name(self) -> str:
+        if self.profile in ("constant", "poisson"):
+            return f"{self.profile}@{self.rate:.3g}/s" + (f" max{self.cap}" if self.cap else "")
+        return self.profile if self.profile == "synchronous" else f"{self.profile}@{self.cap}"
+
+
+@dataclass
+class Limits:
+    max_requests: int | None = 100
+    duration: float | None = None
+    warmup_requests: int = 0
+    warmup_s: float = 0.0
+
+
+def parse_warmup(text: str) -> tuple[int, float]:
+    """``"10"`` -> 10 requests; ``"5s"`` -> the first 5 seconds."""
+    try:
+        if text.endswith("s"):
+            return 0, float(text[:-1])
+        return int(text), 0.0
+    except ValueError:
+        raise ValueError(f"--warmup: {text!r} is neither a request count (10) nor seconds (5s)") from None
+
+
+async def run(client: OpenAIClient, spec: Spec, body: Callable[[int], dict], limits: Limits, *,
+              headers: dict | None = None, seed: int = 0,
+              on_delta: Callable[[float, dict], None] | None = None) -> list[Sample]:
+    """Send requests on ``spec``'s schedule until ``limits`` end it; wait for all to finish."""
+    cap = 1 if spec.profile == "synchronous" else spec.cap
+    sem = asyncio.Semaphore(cap) if cap else None
+    samples: list[Sample] = []
+    tasks: list[asyncio.Task] = []
+    measured, measure_start = 0, None
+
+    async def one(i: int, warm: bool, b: dict) -> None:
+        sent = time.perf_counter()
+        try:
+            res = await client.chat(b, headers=headers, on_delta=on_delta)
+        finally:
+            if sem:
+                sem.release()
+        samples.append(Sample(i, warm, sent, time.perf_counter(), res, bool(b.get("stream"))))
+
+    t0 = time.perf_counter()
+    for i, offset in enumerate(arrivals(spec.profile, spec.rate, burstiness=spec.burstiness, seed=seed)):
+        delay = t0 + offset - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if sem:
+            await sem.acquire()
+        now = time.perf_counter()
+        warm = i < limits.warmup_requests or now - t0 < limits.warmup_s
+        if not warm:
+            measure_start = measure_start or now
+            if (limits.max_requests is not None and measured >= limits.max_requests) or \
+                    (limits.duration is not None and now - measure_start >= limits.duration):
+                if sem:
+                    sem.release()
+                break
+            measured += 1
+        tasks.append(asyncio.create_task(one(i, warm, body(i))))
+    await asyncio.gather(*tasks)
+    return sorted(samples, key=lambda s: s.index)
+
+
+async def probe_extras(client: OpenAIClient, model: str, headers: dict) -> dict:
+    """``ignore_eos``/``min_tokens`` make vLLM and SGLang produce exactly max_tokens; servers
+    that reject unknown fields answer 400, and then they are left out."""
+    extras = {"ignore_eos": True, "min_tokens": 1}
+    r = await client.chat({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1,
+                           **extras}, headers=headers)
+    if r.ok:
+        return extras
+    if r.status == 400:
+        return {}
+    raise RuntimeError(f"probe request failed: {r.error}")
+
+
+# --- reporting ---
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "system": platform.platform(), "python": platform.python_version()}
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    """A Markdown table, readable as plain text too."""
+    cells = [[_cell(v) for v in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+
+    def line(vals: list[str]) -> str:
+        return "| " + " | ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(vals, widths))) + " |"
+    return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)])
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
+    return str(v)
+
+
+def console(benchmarks: list[dict], percentiles) -> str:
+    p = [f"p{q:g}" for q in percentiles]
+    parts = []
+    for b in benchmarks:
+        head = (f"== {b['name']}: {b['completed']} completed, {b['failed']} failed in {b['duration']:.2f} s; "
+                f"{_cell(b['request_throughput'])} req/s, {_cell(b['output_throughput'])} output tok/s, "
+                f"{_cell(b['total_token_throughput'])} total tok/s"
+                + (f"; goodput {_cell(b['request_goodput'])} req/s" if b.get("request_goodput") is not None else ""))
+        rows = [[m.upper(), *(b[f"{s}_{m}_ms"] for s in ("mean", "median", "std", *p))] for m in METRICS]
+        parts += [head, table(["ms", "mean", "median", "std", *p], rows)]
+        parts += [f"   error x{n}: {e}" for e, n in b["errors"].items()]
+    if len(benchmarks) > 1:
+        top = p[-1]
+        parts += ["== summary", table(
+            ["benchmark", "req/s", "out tok/s", "TTFT mean", f"TTFT {top}", "TPOT mean", f"TPOT {top}",
+             "ITL mean", f"ITL {top}", "E2EL mean", f"E2EL {top}", "goodput", "failed"],
+            [[b["name"], b["request_throughput"], b["output_throughput"], b["mean_ttft_ms"], b[f"{top}_ttft_ms"],
+              b["mean_tpot_ms"], b[f"{top}_tpot_ms"], b["mean_itl_ms"], b[f"{top}_itl_ms"], b["mean_e2el_ms"],
+              b[f"{top}_e2el_ms"], b["request_goodput"], b["failed"]] for b in benchmarks])]
+    return "\n".join(parts)
+
+
+def write_outputs(out: Path, name: str, doc: dict) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    jpath, cpath = out / f"{name}.json", out / f"{name}.csv"
+    jpath.write_text(json.dumps(doc, indent=1))
+    scalar = [{k: v for k, v in b.items() if not isinstance(v, (dict, list))} for b in doc["benchmarks"]]
+    keys = list(dict.fromkeys(k for row in scalar for k in row))
+    with cpath.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(scalar)
+    return jpath, cpath
+
+
+COMPARED = ("completed", "failed", "request_throughput", "request_goodput", "output_throughput",
+            "mean_ttft_ms", "median_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "median_tpot_ms", "p99_tpot_ms",
+            "mean_itl_ms", "median_itl_ms", "p99_itl_ms", "mean_e2el_ms", "median_e2el_ms", "p99_e2el_ms")
+
+
+def compare(a: dict, b: dict) -> str:
+    """Benchmarks of two runs paired in order, each metric as A, B and B's change against A."""
+    parts = []
+    for x, y in zip(a["benchmarks"], b["benchmarks"]):
+        rows = []
+        for key in COMPARED:
+            va, vb = x.get(key), y.get(key)
+            if va is None and vb is None:
+                continue
+            change = f"{(vb - va) / va * 100:+.1f}%" if va and vb is not None else "-"
+            rows.append([key, va, vb, change])
+        parts += [f"== {x['name']} vs {y['name']}", table(["metric", "A", "B", "B vs A"], rows)]
+    if len(a["benchmarks"]) != len(b["benchmarks"]):
+        parts.append(f"(A has {len(a['benchmarks'])} benchmarks, B {len(b['benchmarks'])}; compared the first "
+                     f"{min(len(a['benchmarks']), len(b['benchmarks']))})")
+    return "\n".join(parts)
+
+
+# --- command line ---
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m harness load", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="python -m harness load compare A.json B.json: two runs side by side")
+    p.add_argument("--base-url", default="http://127.0.0.1:8080/v1")
+    p.add_argument("--model", help="default: the first model the server lists")
+    p.add_argument("--api-key")
+    p.add_argument("--profile", choices=PROFILES)
+    p.add_argument("--concurrency", type=int, help="requests in flight (profile concurrent)")
+    p.add_argument("--rate", type=float, help="requests per second (profiles constant, poisson)")
+    p.add_argument("--arrival", choices=("constant", "poisson"), default="poisson", help="for --rate and sweep")
+    p.add_argument("--burstiness", type=float, default=1.0, help="gamma shape of poisson gaps (1 = Poisson)")
+    p.add_argument("--max-concurrency", type=int,
+                   help="cap on requests in flight for rate profiles; throughput's level (default 256)")
+    p.add_argument("--sweep-size", type=int, default=5, help="rates between synchronous and throughput")
+    p.add_argument("--dataset", choices=("synthetic", "gsm8k"), default="synthetic")
+    p.add_argument("--data-dir", help="holds gsm8k/test.jsonl (default: $EDGEMETER_DATA or ../shared/data)")
+    p.add_argument("--input-tokens", type=int, default=128, help="synthetic prompt length")
+    p.add_argument("--output-tokens", type=int, default=128, help="max_tokens of every request")
+    p.add_argument("--no-ignore-eos", action="store_true", help="never send ignore_eos/min_tokens")
+    p.add_argument("--no-stream", action="store_true", help="non-streamed requests (TTFT = E2EL)")
+    p.add_argument("--warmup", default="0", help="requests (10) or seconds (5s) sent first and not counted")
+    p.add_argument("--max-requests", type=int, help="counted requests per benchmark (default 100 without --duration)")
+    p.add_argument("--duration", type=float, help="seconds of counted requests per benchmark")
+    p.add_argument("--timeout", type=float, default=600.0, help="per request, seconds")
+    p.add_argument("--mode", help="X-Edgemeter-Mode: local | hybrid | cloud")
+    p.add_argument("--network", help="X-Edgemeter-Network preset, e.g. local, wifi, 4g")
+    p.add_argument("--device", help="X-Edgemeter-Device")
+    p.add_argument("--header", action="append", default=[], metavar="NAME:VALUE", help="extra header (repeatable)")
+    p.add_argument("--goodput", nargs="+", metavar="METRIC:MS", help="SLOs, e.g. ttft:200 tpot:50 e2el:5000")
+    p.add_argument("--percentiles", default="90,99", help="besides the median (default 90,99)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="directory for NAME.json and NAME.csv")
+    p.add_argument("--name", help="file name stem (default load-PROFILE-TIMESTAMP)")
+    p.add_argument("--save-detailed", action="store_true", help="every request in the JSON too")
+    return p
+
+
+def specs_for(a) -> str:
+    if a.profile:
+        return a.profile
+    if a.rate:
+        return a.arrival
+    return "concurrent" if a.concurrency else "synchronous"
+
+
+async def _main(a, argv: list[str], profile: str, slo: dict, percentiles: tuple) -> dict:
+    headers = {k: v for k, v in ((H_MODE, a.mode), (H_NETWORK, a.network), (H_DEVICE, a.device)) if v}
+    for h in a.header:
+        name, sep, value = h.partition(":")
+        if not sep:
+            raise ValueError(f"--header {h!r}: use NAME:VALUE")
+        headers[name.strip()] = value.strip()
+    warm_n, warm_s = parse_warmup(a.warmup)
+    limits = Limits(a.max_requests if a.max_requests or a.duration else 100, a.duration, warm_n, warm_s)
+    throughput_cap = a.max_concurrency or 256
+    prompts = Prompts(a.dataset, a.input_tokens, a.seed, a.data_dir)
+    conns = max(a.concurrency or 0, throughput_cap, 100)
+    async with OpenAIClient(a.base_url, api_key=a.api_key, timeout_s=a.timeout, max_connections=conns) as client:
+        model = a.model or next(iter(await client.models()), None)
+        if model is None:
+            raise RuntimeError(f"{a.base_url}/models lists no model; give --model")
+        extras = {} if a.no_ignore_eos else await probe_extras(client, model, headers)
+        if extras:
+            extras["min_tokens"] = a.output_tokens
+
+        def body(i: int) -> dict:
+            return {"model": model, "messages": prompts.messages(i), "max_tokens": a.output_tokens,
+                    "stream": not a.no_stream, **extras}
+
+        async def bench(spec: Spec) -> dict:
+            print(f"-- {spec.name} ...", file=sys.stderr, flush=True)
+            samples = await run(client, spec, body, limits, headers=headers, seed=a.seed)
+            peak = _peak(samples)
+            result = {"name": spec.name, "profile": spec.profile, "request_rate": spec.rate,
+                      "max_concurrency": spec.cap, "burstiness": spec.burstiness, "max_concurrent_requests": peak,
+                      **summarize(samples, slo, percentiles)}
+            if a.save_detailed:
+                result["requests"] = [s.row() for s in samples]
+            return result
+
+        if profile == "sweep":
+            results = [await bench(Spec("synchronous")), await bench(Spec("throughput", cap=throughput_cap))]
+            lo, hi = (results[0]["request_throughput"] or 0), (results[1]["request_throughput"] or 0)
+            if hi <= lo:
+                print("sweep: throughput did not exceed synchronous; no rates in between", file=sys.stderr)
+            else:
+                step = (hi - lo) / (a.sweep_size + 1)
+                for k in range(1, a.sweep_size + 1):
+                    results.append(await bench(Spec(a.arrival, lo + k * step, a.max_concurrency, a.burstiness)))
+        elif profile in ("constant", "poisson"):
+            if not a.rate:
+                raise ValueError(f"profile {profile} needs --rate")
+            results = [await bench(Spec(profile, a.rate, a.max_concurrency, a.burstiness))]
+        elif profile == "concurrent":
+            if not a.concurrency:
+                raise ValueError("profile concurrent needs --concurrency")
+            results = [await bench(Spec("concurrent", cap=a.concurrency))]
+        elif profile == "throughput":
+            results = [await bench(Spec("throughput", cap=throughput_cap))]
+        else:
+            results = [await bench(Spec("synchronous"))]
+    return {"kind": "edgemeter-load", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": " ".join(["python -m harness load", *argv]),
+            "machine": machine(),
+            "config": {"base_url": a.base_url, "model": model, "dataset": a.dataset,
+                       "input_tokens": a.input_tokens if a.dataset == "synthetic" else None,
+                       "output_tokens": a.output_tokens, "stream": not a.no_stream, "extras": extras,
+                       "headers": headers, "warmup": a.warmup, "max_requests": limits.max_requests,
+                       "duration": limits.duration, "goodput": slo, "seed": a.seed},
+            "benchmarks": results}
+
+
+def _peak(samples: list[Sample]) -> int:
+    """Most requests in flight at once, from the send and completion times."""
+    events = sorted([(s.sent, 1) for s in samples] + [(s.done, -1) for s in samples])
+    return max(itertools.accumulate(d for _, d in events), default=0)
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["compare"]:
+        if len(argv) != 3:
+            print("usage: python -m harness load compare A.json B.json", file=sys.stderr)
+            return 2
+        a, b = (json.loads(Path(x).read_text()) for x in argv[1:])
+        print(compare(a, b))
+        return 0
+    a = build_parser().parse_args(argv)
+    try:
+        slo = parse_goodput(a.goodput)
+        percentiles = tuple(float(x) for x in a.percentiles.split(",") if x.strip())
+        doc = run_uvloop(_main(a, argv, specs_for(a), slo, percentiles))
+    except (ValueError, RuntimeError) as e:
+        print(f"load: {e}", file=sys.stderr)
+        return 2
+    print(console(doc["benchmarks"], percentiles))
+    if a.out:
+        name = a.name or f"load-{specs_for(a)}-{time.strftime('%Y%m%d-%H%M%S')}"
+        for path in write_outputs(Path(a.out), name, doc):
+            print(f"wrote {path}")
+    return 0

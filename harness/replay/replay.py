@@ -1,0 +1,333 @@
+"""``python -m harness replay TRACES --modes ... --networks ...``: what recorded agent sessions
+would have cost under other deployment modes, network presets and radios, without generating
+a token again.
+
+The model's output and its timing do not depend on the simulated network, so one recording
+(say in ``local`` mode) holds everything a sweep regenerates: each call's request size and
+frame timeline, the tool time between calls, the final answer's size (see harness.replay.trace).
+Replay feeds that timeline through the proxy's own ``proxy.device.Device`` (link stages and
+radio) on a virtual clock, exactly as the proxy's handlers do:
+
+  hybrid  each call's request goes up the link when sent; the model starts when it arrives;
+          frame i is produced at that start + its recorded offset and comes down the link;
+          the call ends its recorded tail after the last frame lands.
+  cloud   the first call's request (the task) goes up; the others and their frames stay in
+          the datacenter; the final answer comes down when the session ends.
+  local   nothing crosses the link; compute energy is the recording's (or an estimate from
+          its CPU-seconds when it was recorded on another mode).
+
+The next call is sent the recorded client and tool time after the previous one returned.
+Sessions of one device run one after another with their recorded gaps, so the radio's tail
+carries over as it did live; each mode x network combination starts with fresh links and
+idle radios, seeded like the proxy (``--seed`` = ``server.seed``). Rows in ``results.jsonl``
+have the shape ``python -m harness run`` writes, so ``harness.agents.report`` summarises them.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from proxy.config import MODES, ConfigError
+from proxy.config import load as load_config
+from proxy.device import Device
+from proxy.energy import ComputeEnergy
+from proxy.link import DELAY_PARTS, presets_from_config
+from proxy.meter import NetTally
+from proxy.radio import RADIO_PROFILES
+from proxy.router import Session as ProxySession
+
+from harness.replay import trace as tr
+from harness.agents.run import task_totals
+from harness.common.stats import mean, percentile
+
+
+def _csv(text: str | None) -> list[str]:
+    return [x.strip() for x in (text or "").split(",") if x.strip()]
+
+
+class Replayer:
+    """Replays sessions under one mode and network preset."""
+
+    def __init__(self, mode: str, preset, seed: int | str, energy: ComputeEnergy):
+        self.mode, self.preset, self.seed, self.energy = mode, preset, seed, energy
+        self.network = preset.name
+
+    def device_rows(self, device: str, sessions: list[tr.Session]) -> list[dict]:
+        """One device's sessions, in recorded order, on one link and radio."""
+        dev = None if self.mode == "local" else Device(self.network, self.preset, f"{self.seed}:{device}")
+        rows, charges = [], []
+        t, base, prev = 0.0, sessions[0].started_at, None
+        for s in sessions:
+            if prev is not None:
+                t += max(0.0, s.started_at - prev.recorded_end)  # grading, setup: the recorded gap
+            row, session_charges, t = self.session(s, dev, t, base)
+            rows.append(row)
+            charges.append(session_charges)
+            prev = s
+        if dev is not None:  # settle every provisional tail: what the radio really spent per session
+            radio = dev.link.radio
+            radio.advance(t + radio.profile.tail_s + 1.0)
+            for row, cs in zip(rows, charges):
+                row["radio_settled_j"] = sum(c.total_j for c in cs)
+        return rows
+
+    def session(self, s: tr.Session, dev: Device | None, t0: float, base: float):
+        radio = dev.link.radio if dev is not None else None
+        promotions0 = radio.promotions if radio else 0
+        psession = ProxySession(s.id, self.mode, self.network, dev)
+        t = t0 + s.lead_s
+        llm_calls, charges, error = [], [], None
+        for i, c in enumerate(s.calls):
+            if dev is None:
+                up = down = None
+            elif self.mode == "hybrid" or s.one_call:
+                up = down = dev
+            else:  # cloud: only the task goes up, with the first call
+                up, down = (dev if i == 0 else None), None
+            record, client = self.call(c, s, t, up, down, base, i)
+            charges.append(record.pop("_charge"))
+            psession.add(record)
+            llm_calls.append(client)
+            if s.timeout_s is not None and client["e2e_s"] > s.timeout_s and error is None:
+                error = (f"replayed call {i + 1} takes {client['e2e_s']:.1f} s, past the client's "
+                         f"{s.timeout_s:g} s timeout")
+            t += client["e2e_s"] + c.gap_s
+        out = {"session": s.id, "mode": self.mode, "network": self.network, "calls": psession.calls,
+               **psession.totals}
+        if self.mode == "cloud" and dev is not None and not s.one_call:  # as the proxy's session end
+            tally = NetTally()
+            nbytes = s.final_answer_bytes or 0
+            t = dev.send("down", t, nbytes, tally)
+            charges.append(tally.charge)
+            out["bytes_down"] += nbytes
+            out["net_delay_s"] += tally.added_s
+            out["radio_j"] += tally.radio_j
+            out["final_answer_delay_s"] = tally.added_s
+        t += s.end_s
+        task = s.task
+        row = {
+            "dataset": task.get("dataset"), "task_id": task.get("task_id"), "sample": task.get("sample"),
+            "repeat": task.get("repeat"), "mode": self.mode, "network": self.network, "model": s.model,
+            "device": s.device, "session": s.id, "run_mode": "replay", "protocol": task.get("protocol"),
+            "started_at": base + t0, "wall_s": t - t0,
+            "passed": bool(task.get("passed")) and error is None, "extracted": task.get("extracted"),
+            "grade_detail": task.get("grade_detail"), "answer": task.get("answer"),
+            "answer_source": task.get("answer_source"), "stop_reason": task.get("stop_reason"),
+            "error": error or task.get("error"), "turns": task.get("turns", len(s.calls)),
+            "n_llm_calls": len(s.calls), "n_tool_calls": task.get("n_tool_calls"),
+            "llm_wall_s": sum(c["e2e_s"] for c in llm_calls), "tool_wall_s": s.tool_s,
+            **task_totals(llm_calls, out),
+            "radio": self.preset.radio if dev is not None else None,  # local mode keeps the radio idle
+            "promotions": (radio.promotions - promotions0) if radio else 0,
+            "llm_calls": llm_calls, "tool_calls": task.get("tool_calls") or [], "session_record": out,
+            "replay": {"recorded_mode": s.mode, "recorded_network": s.network, "recorded_wall_s": s.wall_s,
+                       "source": s.source, "seed": self.seed, "flags": s.flags},
+        }
+        return row, charges, t
+
+    def call(self, c: tr.Call, s: tr.Session, t: float, up: Device | None, down: Device | None,
+             base: float, i: int) -> tuple[dict, dict]:
+        """One call sent at ``t``: the proxy's record and the client's, as a live run keeps them."""
+        radio = (up or down).link.radio if (up or down) else None
+        promotions0 = radio.promotions if radio else 0
+        tally = NetTally()
+        ready = up.send("up", t, c.bytes_up, tally) if up else t
+        if down is not None:
+            send = down.send
+            deliveries = [send("down", ready + off, n, tally) for off, n, _ in c.frames]
+        else:
+            deliveries = [ready + f[0] for f in c.frames]
+        end = deliveries[-1] + c.tail_s
+        if c.stream:
+            ttft = deliveries[0] - t
+        else:  # non-streamed: the proxy times the first token where it was made
+            ttft = ready + (c.first_token_s or 0.0) - t
+        tpot = None
+        if c.completion_tokens > 1 and c.stream:
+            tpot = (deliveries[-1] - deliveries[0]) / (c.completion_tokens - 1)
+        compute_j, method = 0.0, None
+        if self.mode == "local" and c.in_process:
+            if c.compute_method is not None and c.compute_j is not None:
+                compute_j, method = c.compute_j, c.compute_method
+            elif c.cpu_s:
+                compute_j, method = self.energy.estimate_j(c.cpu_s), "estimate"
+        e2e = end - t
+        record = {
+            "request_id": f"replay-{s.id}-{i + 1}", "model": s.model, "backend": c.backend, "mode": self.mode,
+            "network": self.network, "device": s.device, "session": s.id, "status": c.status, "error": c.error,
+            "finish_reason": c.finish_reason, "ttft_s": ttft, "backend_ttft_s": c.first_token_s, "e2e_s": e2e,
+            "tpot_s": tpot, "queue_s": c.queue_s, "prompt_tokens": c.prompt_tokens,
+            "completion_tokens": c.completion_tokens, "usage_source": c.usage_source, "chunks": len(c.frames),
+            "bytes_up": c.bytes_up, "bytes_down": sum(f[1] for f in c.frames),
+            "net_delay_s": {"total": tally.added_s,
+                            **{p: getattr(tally.up, p) + getattr(tally.down, p) for p in DELAY_PARTS}},
+            "radio_j": tally.radio_j, "compute_j": compute_j, "compute_energy_method": method, "cpu_s": c.cpu_s,
+            "energy_per_token_j": ((tally.radio_j + compute_j) / c.completion_tokens
+                                   if c.completion_tokens and (tally.radio_j or compute_j) else None),
+            "promotions": (radio.promotions - promotions0) if radio else 0, "replayed": True,
+            "_charge": tally.charge,
+        }
+        # the client's view: content-bearing frames (all but a trailing finish frame) and its overheads
+        content = deliveries[:-1] if c.stream and c.finish_reason and len(deliveries) > 1 else deliveries
+        itl = [b - a for a, b in zip(content, content[1:])]
+        client = {
+            "ok": c.status == 200 and not c.error, "status": c.status, "error": c.error,
+            "finish_reason": c.finish_reason,
+            "started_at": base + t, "ttft_s": (ttft + c.client_ttft_s) if c.stream else None,
+            "e2e_s": e2e + c.client_e2e_s, "itl_mean_s": mean(itl), "itl_p50_s": percentile(itl, 50),
+            "itl_p95_s": percentile(itl, 95), **c.client, "edgemeter": record,
+        }
+        return record, client
+
+
+def group_by_device(sessions: list[tr.Session]) -> dict[str, list[tr.Session]]:
+    groups: dict[str, list[tr.Session]] = defaultdict(list)
+    for s in sorted(sessions, key=lambda s: s.started_at):
+        groups[s.device].append(s)
+    return groups
+
+
+def sweep(sessions: list[tr.Session], modes: list[str], presets: list, seed: int | str,
+          energy: ComputeEnergy) -> list[dict]:
+    """Every session under every mode x preset."""
+    groups = group_by_device(sessions)
+    rows = []
+    for mode in modes:
+        for preset in presets:
+            r = Replayer(mode, preset, seed, energy)
+            for device, group in groups.items():
+                rows += r.device_rows(device, group)
+    return rows
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m harness replay", description=__doc__.split("\n\n")[0])
+    a = p.add_argument
+    a("traces", nargs="+", help="trace files, harness run directories or results.jsonl, proxy request logs")
+    a("--out", required=True, help="directory for results.jsonl, run.json and the report")
+    a("--modes", default=",".join(MODES), help="comma-separated deployment modes (default: all)")
+    a("--networks", help="comma-separated network presets (default: every preset known)")
+    a("--radio", choices=sorted(RADIO_PROFILES), help="radio profile for every preset (default: each preset's own)")
+    a("--seed", default="0", help="seeds the simulated network as the proxy's server.seed does (default 0)")
+    a("--config", help="config.yaml whose networks: and energy: sections to use")
+    a("--keep-flagged", action="store_true", help="replay sessions that violate replay's assumptions too "
+                                                  "(their rows carry the reasons); default: skip them")
+    a("--save-traces", help="also write the loaded sessions as a trace file (harness.replay.trace format)")
+    a("--no-report", action="store_true")
+    a("--no-plots", action="store_true")
+    return p
+
+
+def _source_info(paths: list[str]) -> dict:
+    """The recorded run's settings (for the report header), from the first run.json found."""
+    for p in paths:
+        d = Path(p) if Path(p).is_dir() else Path(p).parent
+        if (d / "run.json").exists():
+            return json.loads((d / "run.json").read_text())
+    return {}
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    t_start = time.perf_counter()
+    try:
+        config = load_config(args.config) if args.config else None
+        presets = presets_from_config(config.networks if config else None)
+    except (ConfigError, ValueError) as e:
+        raise SystemExit(f"replay: {e}") from None
+    modes = _csv(args.modes)
+    for m in modes:
+        if m not in MODES:
+            raise SystemExit(f"replay: unknown mode {m!r} (known: {', '.join(MODES)})")
+    names = _csv(args.networks) or list(presets)
+    for n in names:
+        if n not in presets:
+            raise SystemExit(f"replay: unknown network preset {n!r} (known: {', '.join(presets)})")
+    chosen = [dataclasses.replace(presets[n], radio=args.radio) if args.radio else presets[n] for n in names]
+    seed = int(args.seed) if args.seed.lstrip("-").isdigit() else args.seed
+    energy = ComputeEnergy.from_config({**(config.energy if config else {}), "method": "estimate"})
+
+    sessions = []
+    for path in args.traces:
+        try:
+            sessions += tr.load(path)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"replay: {e}") from None
+    tr.validate(sessions)
+    if args.save_traces:
+        tr.save(args.save_traces, sessions)
+    flagged = [s for s in sessions if s.flags]
+    usable = [s for s in sessions if not s.flags or (args.keep_flagged and tr.replayable(s))]
+    t_loaded = time.perf_counter()
+    rows = sweep(usable, modes, chosen, seed, energy)
+    t_replayed = time.perf_counter()
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    # Recomputed whole, never resumed: one write, not a live run's fsync per attempt.
+    tmp = out / "results.jsonl.tmp"
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(row, separators=(",", ":"), default=str) + "\n" for row in rows)
+    os.replace(tmp, out / "results.jsonl")
+    info = _source_info(args.traces)
+    seen = {k: ",".join(sorted({str(s.task.get(k)) for s in usable})) for k in ("dataset", "protocol")}
+    info_args = {**seen, **(info.get("args") or {}), "base_url": "replay of " + ", ".join(args.traces)}
+    kept = {id(s) for s in usable}
+    skipped = [{"session": s.id, "device": s.device, "source": s.source, "reasons": s.flags}
+               for s in flagged if id(s) not in kept]
+    run_info = {"args": info_args, "run_mode": "replay", "k": info.get("k") or [1],
+                "sandbox_isolation": info.get("sandbox_isolation") or [],
+                "replay": {"argv": argv, "seed": seed, "modes": modes, "networks": names, "radio": args.radio,
+                           "sessions": len(sessions), "replayed": len(usable), "skipped": skipped,
+                           "flagged": len(flagged), "replay_s": t_replayed - t_loaded},
+                "written_at": time.time()}
+    tmp = out / "run.json.tmp"
+    tmp.write_text(json.dumps(run_info, indent=2))
+    os.replace(tmp, out / "run.json")
+    if not args.no_report:
+        from . import report
+        report.write_report(out, with_plots=not args.no_plots)
+
+    reasons = Counter(f.split(":", 1)[0] for s in flagged for f in s.flags)
+    print(f"{len(usable)} of {len(sessions)} sessions x {len(modes)} modes x {len(chosen)} networks = {len(rows)} "
+          f"replayed task runs in {t_replayed - t_loaded:.2f} s ({time.perf_counter() - t_start:.2f} s in all); "
+          f"they would take {sum(r['wall_s'] for r in rows) / 3600:.2f} h live, one at a time", file=sys.stderr)
+    if flagged:
+        print(f"{len(flagged)} sessions flagged, {len(skipped)} skipped: "
+              + ", ".join(f"{k} x{n}" for k, n in reasons.most_common()), file=sys.stderr)
+        for s in flagged[:10]:
+            print(f"  {s.id} ({s.device}): {'; '.join(s.flags)}", file=sys.stderr)
+    if "cloud" in modes and any(s.final_answer_bytes is None and not s.one_call for s in usable):
+        print("note: some sessions do not say how big their final answer was (a proxy log); cloud mode sends "
+              "them down as an empty answer", file=sys.stderr)
+    print(table(rows))
+    if not args.no_report:
+        print(f"report: {out / 'report.md'}", file=sys.stderr)
+    return 0 if rows or not sessions else 1
+
+
+def table(rows: list[dict]) -> str:
+    """Per mode x network: the medians a deployment decision needs."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["mode"], r["network"])].append(r)
+    head = ["mode / network", "radio", "tasks", "wall s p50", "TTFT s p50", "net share", "radio J p50",
+            "compute J p50", "promotions/task"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (mode, net), g in groups.items():
+        ttft = [c["edgemeter"]["ttft_s"] for r in g for c in r["llm_calls"] if c["edgemeter"]["ttft_s"] is not None]
+        wall = [r["wall_s"] for r in g]
+        netd = sum(r["net_delay_s"] or 0.0 for r in g)
+        cells = [f"{mode} / {net}", g[0]["radio"] or "-", str(len(g)), f"{percentile(wall, 50):.3f}",
+                 f"{percentile(ttft, 50):.3f}" if ttft else "n/a", f"{netd / sum(wall):.3f}" if sum(wall) else "n/a",
+                 f"{percentile([r['radio_j'] or 0.0 for r in g], 50):.3f}",
+                 f"{percentile([r['compute_j'] or 0.0 for r in g], 50):.3f}",
+                 f"{mean([r['promotions'] for r in g]):.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,255 @@
+"""Replay: recorded agent sessions costed under other modes and networks through the proxy's
+own link and radio, checked against hand-computed delays and a live recording."""
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+
+import orjson
+import pytest
+from aiohttp import web
+
+from harness.agents import run
+from harness.replay import replay
+from harness.replay import trace as tr
+from harness.agents.results import read_rows
+from proxy.energy import ComputeEnergy
+from proxy.link import HEADER, presets_from_config
+from tests.conftest import make_config, wait_ready
+from tests.fake_upstream import chunk
+
+from tests.harness_fixtures import data_dir
+
+# 4G without jitter or loss: every delay is a closed form.
+FIXED = {"fixed4g": {"base": "4g", "jitter_ms": 0, "loss": 0.0}}
+PRESETS = presets_from_config(FIXED)
+ENERGY = ComputeEnergy("estimate", watts_per_core=10.0, sample_s=None)
+PROMOTION, ONE_WAY, UP_BPS, DOWN_BPS = 0.26, 0.04, 5.9e6, 20e6  # the 4g preset and the LTE radio
+
+
+def ser(nbytes: int, bps: float) -> float:
+    """Serialization of one small write (a single TCP segment) at a wire rate."""
+    return (nbytes + HEADER) * 8 / bps
+
+
+def call(**over) -> tr.Call:
+    c = dict(bytes_up=1000, frames=[[0.05, 150, 1], [0.07, 120, 1], [0.09, 120, 1], [0.10, 110, 0]],
+             tail_s=0.002, finish_reason="stop", completion_tokens=3, prompt_tokens=20, client_ttft_s=0.001,
+             client_e2e_s=0.003, gap_s=0.5, status=200, in_process=True, cpu_s=0.2, compute_j=3.0,
+             compute_method="rapl", client={"chunks": 5, "bytes_in": 900, "completion_tokens": 3, "prompt_tokens": 20})
+    c.update(over)
+    return tr.Call(**c)
+
+
+def session(sid="s1", device="phone", started_at=1000.0, calls=None, **over) -> tr.Session:
+    calls = calls if calls is not None else [call(), call(gap_s=0.0)]
+    s = dict(id=sid, device=device, mode="local", network="local", model="m", started_at=started_at, calls=calls,
+             lead_s=0.01, end_s=0.02, final_answer_bytes=40, tool_s=0.5,
+             task={"dataset": "gsm8k", "task_id": sid, "sample": 0, "repeat": 0, "passed": True})
+    s.update(over)
+    s = tr.Session(**s)
+    s.wall_s = s.lead_s + sum((c.frames or [[0.0]])[-1][0] + c.tail_s + c.client_e2e_s + c.gap_s
+                              for c in s.calls) + s.end_s
+    return s
+
+
+def replay_one(s: tr.Session, mode: str, network: str = "fixed4g", seed=0) -> dict:
+    (row,) = replay.Replayer(mode, PRESETS[network], seed, ENERGY).device_rows(s.device, [s])
+    return row
+
+
+def test_local_mode_gives_back_the_recorded_timings():
+    s = session()
+    row = replay_one(s, "local", "4g")
+    c1, c2 = row["llm_calls"]
+    assert c1["edgemeter"]["ttft_s"] == pytest.approx(0.05) and c1["edgemeter"]["e2e_s"] == pytest.approx(0.102)
+    assert c1["ttft_s"] == pytest.approx(0.051) and c1["e2e_s"] == pytest.approx(0.105)
+    assert c1["itl_mean_s"] == pytest.approx(0.02)  # between the three content frames; the finish frame is not one
+    assert c2["started_at"] - c1["started_at"] == pytest.approx(0.105 + 0.5)  # after the recorded tool time
+    assert row["wall_s"] == pytest.approx(s.wall_s)
+    assert row["net_delay_s"] == 0 and row["radio_j"] == 0 and row["promotions"] == 0
+    assert row["compute_j"] == pytest.approx(6.0) and c1["edgemeter"]["compute_energy_method"] == "rapl"
+    # the zero-delay preset over a link: only microseconds of serialization at 10 Gb/s, no radio
+    hybrid = replay_one(s, "hybrid", "local")
+    assert hybrid["wall_s"] == pytest.approx(s.wall_s, abs=1e-4) and hybrid["radio_j"] == 0
+    assert hybrid["compute_j"] == 0  # the model is not on the device
+
+
+def test_fixed_delay_preset_adds_promotion_and_link_delays_exactly():
+    s = session()
+    row = replay_one(s, "hybrid")
+    c1, c2 = (c["edgemeter"] for c in row["llm_calls"])
+    up = ser(1000, UP_BPS) + ONE_WAY
+    assert c1["ttft_s"] == pytest.approx(0.05 + PROMOTION + up + ser(150, DOWN_BPS) + ONE_WAY, abs=1e-9)
+    assert c1["net_delay_s"]["promotion"] == pytest.approx(PROMOTION)
+    assert c1["net_delay_s"]["total"] == pytest.approx(PROMOTION + up + ser(110, DOWN_BPS) + ONE_WAY, abs=1e-9)
+    # half a second later the radio is still connected (LTE's tail): no second promotion
+    assert c2["ttft_s"] == pytest.approx(0.05 + up + ser(150, DOWN_BPS) + ONE_WAY, abs=1e-9)
+    assert row["promotions"] == 1 and c2["promotions"] == 0
+    net = c1["net_delay_s"]["total"] + c2["net_delay_s"]["total"]
+    assert row["net_delay_s"] == pytest.approx(net) and row["wall_s"] == pytest.approx(s.wall_s + net)
+    assert c1["radio_j"] > 10  # promotion, active time and LTE's full ~10 s tail, provisional as in the proxy
+    assert 0 < row["radio_settled_j"] < row["radio_j"]  # the second call cut the first one's tail short
+
+
+def test_cloud_mode_charges_only_the_task_up_and_the_answer_down():
+    s = session(calls=[call(), call(), call(gap_s=0.0)])
+    row = replay_one(s, "cloud")
+    c1, c2, c3 = (c["edgemeter"] for c in row["llm_calls"])
+    assert c1["net_delay_s"]["total"] == pytest.approx(PROMOTION + ser(1000, UP_BPS) + ONE_WAY, abs=1e-9)
+    assert c1["ttft_s"] == pytest.approx(c1["net_delay_s"]["total"] + 0.05, abs=1e-9)  # frames stay in the cloud
+    assert [c["net_delay_s"]["total"] for c in (c2, c3)] == [0, 0] and c2["radio_j"] == c3["radio_j"] == 0
+    answer = row["session_record"]["final_answer_delay_s"]
+    assert answer == pytest.approx(ser(40, DOWN_BPS) + ONE_WAY, abs=1e-9)
+    assert row["net_delay_s"] == pytest.approx(c1["net_delay_s"]["total"] + answer)
+    assert row["radio_j"] > c1["radio_j"] and row["promotions"] == 1
+    assert row["wall_s"] == pytest.approx(s.wall_s + row["net_delay_s"])
+
+
+def test_same_seed_same_replay_other_seed_other_draws():
+    sessions = [session("a", started_at=1000.0), session("b", started_at=1010.0)]
+
+    def run_(seed):
+        rows = replay.sweep(sessions, ["hybrid"], [PRESETS["4g"]], seed, ENERGY)
+        return json.dumps([{k: v for k, v in r.items() if k != "replay"} for r in rows], sort_keys=True)
+    assert run_(7) == run_(7)
+    assert run_(7) != run_(8)
+
+
+def test_sessions_of_a_device_share_its_radio_in_recorded_order():
+    near = [session("a", started_at=1000.0), session("b", started_at=1000.0 + 1.3 + 2.0)]  # 2 s apart: in the tail
+    rows = replay.sweep(near, ["hybrid"], [PRESETS["fixed4g"]], 0, ENERGY)
+    assert [r["promotions"] for r in rows] == [1, 0]
+    apart = [session("a", started_at=1000.0), session("b", started_at=1000.0 + 1.3 + 30.0)]  # past the tail
+    assert [r["promotions"] for r in replay.sweep(apart, ["hybrid"], [PRESETS["fixed4g"]], 0, ENERGY)] == [1, 1]
+
+
+def test_violating_traces_are_flagged_with_a_reason():
+    failed = session("failed", calls=[call(status=504, error="upstream_timeout")])
+    cut = session("cut", started_at=2000.0, calls=[call(delivered=2)])
+    unfinished = session("unfinished", started_at=3000.0, calls=[call(finish_reason=None)])
+    untimed = session("untimed", started_at=4000.0, calls=[call(frames=None)])
+    busy = session("busy", started_at=5000.0, calls=[call(gap_s=3.0), call(gap_s=0.0)], tool_s=0.2)
+    first, second = session("first", started_at=6000.0), session("second", started_at=6000.5)  # one device, both live
+    elsewhere = session("elsewhere", device="tablet", started_at=6000.5)
+    ok = session("ok", started_at=7000.0)
+    tr.validate([failed, cut, unfinished, untimed, busy, first, second, elsewhere, ok])
+    assert failed.flags[0].startswith("call_error: call 1: upstream_timeout")
+    assert cut.flags == ["stream_cut: call 1 delivered 2 of 4 frames"]
+    assert unfinished.flags[0].startswith("stream_cut") and untimed.flags[0].startswith("no_timeline")
+    assert busy.flags[0].startswith("unexplained_gap")
+    assert first.flags[0].startswith("overlap") and second.flags[0].startswith("overlap")
+    assert elsewhere.flags == ok.flags == []
+    # latency the client would not have waited for: the replayed call outlives the client's timeout
+    slow = session("slow", timeout_s=2.0, calls=[call(bytes_up=200_000)])
+    row = replay_one(slow, "hybrid", "fixed4g")
+    assert row["error"] is None
+    row = replay.Replayer("hybrid", presets_from_config({})["edge_case"], 0, ENERGY).device_rows("phone", [slow])[0]
+    assert "timeout" in row["error"] and row["passed"] is False
+
+
+def test_cli_skips_flagged_sessions_and_reports_why(tmp_path, capsys):
+    sessions = [session("good"), session("bad", started_at=2000.0, calls=[call(status=500, error="upstream_5xx")])]
+    tr.save(tmp_path / "t.jsonl", sessions)
+    assert [s.id for s in tr.load(tmp_path / "t.jsonl")] == ["good", "bad"]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({"models": {"m": {"backend": "upstream", "base_url": "http://127.0.0.1:9/v1"}},
+                               "networks": FIXED}))
+    out = tmp_path / "out"
+    argv = [str(tmp_path / "t.jsonl"), "--out", str(out), "--modes", "local,hybrid", "--networks", "fixed4g,wifi",
+            "--config", str(cfg), "--no-plots"]
+    assert replay.main(argv) == 0
+    rows = read_rows(out / "results.jsonl")
+    assert {r["session"] for r in rows} == {"good"} and len(rows) == 4
+    info = json.loads((out / "run.json").read_text())
+    assert info["replay"]["skipped"][0]["reasons"][0].startswith("call_error: call 1: upstream_5xx")
+    assert "hybrid / fixed4g" in (out / "report.md").read_text()
+    assert "| hybrid / wifi | wifi | 1 |" in capsys.readouterr().out
+    assert replay.main(argv + ["--keep-flagged", "--radio", "3g"]) == 0
+    rows = read_rows(out / "results.jsonl")
+    assert {r["session"] for r in rows} == {"good", "bad"}
+    assert {r["radio"] for r in rows if r["mode"] != "local"} == {"3g"}
+    assert next(r["replay"]["flags"] for r in rows if r["session"] == "bad")
+
+
+# --- a live recording through a real proxy ---
+
+async def scripted(request: web.Request) -> web.StreamResponse:
+    """Write code first, then answer: two calls per task, a tool run between them."""
+    body = await request.json()
+    text = "```python\nprint(6 * 7)\n```" if len(body["messages"]) <= 2 else "FINAL ANSWER: 42"
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    for word in text.split(" "):
+        await resp.write(chunk({"content": word + " "}))
+        await asyncio.sleep(0.01)
+    await resp.write(chunk(finish="stop") + b"data: [DONE]\n\n")
+    return resp
+
+
+async def test_a_live_recording_round_trips_into_replay(aiohttp_server, tmp_path):
+    up = web.Application()
+    up.router.add_post("/v1/chat/completions", scripted)
+    upstream = await aiohttp_server(up)
+    log = tmp_path / "requests.jsonl"
+    models = {"scripted": {"backend": "upstream", "base_url": str(upstream.make_url("/v1"))}}
+    from proxy.app import create_app
+    proxy = await aiohttp_server(create_app(make_config(models, networks=FIXED,
+                                                        server={"record_traces": True, "request_log": str(log)})))
+    await wait_ready(proxy)
+    live = tmp_path / "live"
+    argv = ["--base-url", str(proxy.make_url("/v1")), "--dataset", "gsm8k", "--data-dir", str(data_dir()),
+            "--ids", "0,1", "--out", str(live), "--modes", "local", "--warmup", "0", "--no-progress", "--no-report"]
+    assert await run._run(run.build_parser().parse_args(argv)) == 0
+
+    sessions = tr.validate(tr.load(live))
+    recorded = read_rows(live / "results.jsonl")
+    assert [s.flags for s in sessions] == [[], []] and [len(s.calls) for s in sessions] == [2, 2]
+    for s, row in zip(sessions, recorded):
+        assert s.final_answer_bytes == 2 and s.device == "harness-0"
+        for c, rec in zip(s.calls, row["llm_calls"]):
+            em = rec["edgemeter"]
+            assert len(c.frames) == em["chunks"] and c.bytes_up == em["bytes_up"] > 0
+            assert sum(f[1] for f in c.frames) == em["bytes_down"]
+            offsets = [f[0] for f in c.frames]
+            assert offsets == sorted(offsets) and offsets[-1] - offsets[0] >= 0.01  # the upstream's sleeps
+        assert s.calls[0].gap_s >= row["tool_calls"][0]["wall_s"]  # the python tool ran between the calls
+    # the proxy's own log holds the same calls, grouped by session
+    from_log = {s.id: s for s in tr.load(log)}
+    assert set(from_log) == {s.id for s in sessions}
+    for s in sessions:
+        assert [c.frames for c in from_log[s.id].calls] == [c.frames for c in s.calls]
+
+    out = tmp_path / "replayed"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({"models": models, "networks": FIXED}))
+    assert replay.main([str(live), "--out", str(out), "--modes", "local,hybrid,cloud", "--networks", "fixed4g",
+                        "--config", str(cfg), "--no-plots"]) == 0
+    rows = {(r["mode"], r["session"]): r for r in read_rows(out / "results.jsonl")}
+    for i, row in enumerate(recorded):
+        local, hybrid, cloud = (rows[(m, row["session"])] for m in ("local", "hybrid", "cloud"))
+        # every second of the live session is accounted for: lead, calls, tools, end
+        assert local["wall_s"] == pytest.approx(row["wall_s"], abs=0.1)
+        assert local["passed"] == row["passed"] and local["net_delay_s"] == 0
+        first = hybrid["llm_calls"][0]["edgemeter"]["net_delay_s"]
+        # one device: the second task starts within the radio tail the first one left
+        assert first["promotion"] == pytest.approx(PROMOTION if i == 0 else 0.0)
+        assert first["propagation"] == pytest.approx(2 * ONE_WAY)
+        assert hybrid["wall_s"] > local["wall_s"] + 4 * ONE_WAY  # two calls, each up and down
+        assert cloud["session_record"]["final_answer_delay_s"] >= ONE_WAY
+        assert cloud["llm_calls"][1]["edgemeter"]["net_delay_s"]["total"] == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert {(s["mode"], s["network"]) for s in summary} == {("local", "fixed4g"), ("hybrid", "fixed4g"),
+                                                            ("cloud", "fixed4g")}
+
+
+def test_trace_files_keep_every_field():
+    s = session(calls=[call(), call(gap_s=0.0, frames=[[0.2, 900, 12]], stream=False, first_token_s=0.03)])
+    s.flags = ["x"]
+    again = tr.Session.from_json(orjson.loads(orjson.dumps(s.to_json())))
+    assert again == s
+    bad = copy.deepcopy(s.to_json())
+    bad["version"] = 99
+    with pytest.raises(ValueError, match="version"):
+        tr.Session.from_json(bad)
