@@ -5,7 +5,7 @@
 
 The JSON is generated so that every panel gets the same datasource reference, the
 same template-variable filters and a packed, non-overlapping layout; edit this file,
-not the JSON. tests/test_grafana.py runs every query below against a real Prometheus.
+not the JSON. tests/grafana/test_grafana.py runs every query below against a real Prometheus.
 """
 from __future__ import annotations
 

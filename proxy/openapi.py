@@ -4,7 +4,7 @@ Built per app from its config, so the enums are the deployment's own: the networ
 presets, and the model names unless an API key is set (then /v1/models, behind the key,
 is where they are listed). Request schemas say what ``proxy.validate`` enforces and no
 more: anything the document forbids, the proxy rejects with a 4xx, which is what the
-fuzz tests (tests/test_fuzz.py) hold it to. Every error, whatever its status, has
+fuzz tests (tests/proxy/test_fuzz.py) hold it to. Every error, whatever its status, has
 OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``.
 """
 from __future__ import annotations
