@@ -5,8 +5,10 @@ alpha_down * Mbps_down (Huang et al., MobiSys 2012; integrated over a transfer t
 alpha terms reduce to alpha * megabits moved). After the last byte it walks down a
 tail of lower-power states on inactivity timers, then idles. A transfer that finds the
 radio idle (or in a state that needs one) first waits for a promotion. Parameters are
-the published defaults of AT&T's ARO tool, tagged with the source ids of the facts
-file (/work/shared/reference/radio_network_facts.md).
+the published defaults of AT&T's ARO tool (github.com/attdevsupport/ARO,
+ARODataAnalyzer/src/{lte,WiFi}.conf and model/Profile{LTE,3G,WiFi}.java), which carry the
+models of Huang et al., MobiSys 2012 (LTE) and Qian et al., IMC 2010 (3G). Comments tag
+each figure with its source id (S1, S2, ...); docs/network-and-radio.md lists them.
 
 Attribution: each transfer is charged its promotion (if it caused one), the active
 time it added beyond what earlier transfers already kept busy, its own bytes, and the
