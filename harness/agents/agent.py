@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 
 from harness.common.client import OpenAIClient
-from harness.agents.datasets import Task
+from harness.common.datasets import Task
 from harness.agents.tools import SPECS, Toolbox
 
 PROTOCOLS = ("text", "native")

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from harness.agents.datasets import Task
+from harness.common.datasets import Task
 from harness.agents.sandbox import Limits, Sandbox
 
 _NUM = r"-?\$?\s*\d[\d,]*(?:\.\d+)?|-?\$?\s*\.\d+"

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from harness.agents import agent
-from harness.agents import datasets
+from harness.common import datasets
 from harness.agents import grading
 from harness.common.client import OpenAIClient
 from harness.agents.results import ResultsFile, attempt_key

@@ -35,7 +35,7 @@ import yaml
 from proxy.energy import ComputeEnergy
 from proxy.link import presets_from_config
 
-from harness.agents import datasets
+from harness.common import datasets
 from harness.replay import replay
 from harness.agents import run
 from harness.replay import trace as tr

@@ -188,7 +188,7 @@ class Prompts:
         self.dataset, self.input_tokens, self.seed = dataset, input_tokens, seed
         self.questions: list[str] = []
         if dataset == "gsm8k":
-            from .datasets import load
+            from harness.common.datasets import load
             self.questions = [t.prompt for t in load("gsm8k", data_dir)]
             random.Random(seed).shuffle(self.questions)
         elif dataset != "synthetic":

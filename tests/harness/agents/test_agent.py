@@ -7,7 +7,7 @@ from aiohttp import web
 
 from harness.agents import agent, run
 from harness.common.client import OpenAIClient
-from harness.agents.datasets import Task
+from harness.common.datasets import Task
 from harness.agents.grading import grade
 from harness.agents.results import read_rows
 from harness.agents.sandbox import Sandbox

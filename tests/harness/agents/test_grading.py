@@ -3,7 +3,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from harness.agents import datasets
+from harness.common import datasets
 from harness.agents.grading import extract_code, extract_number, grade, numbers_equal
 from harness.agents.sandbox import Sandbox
 

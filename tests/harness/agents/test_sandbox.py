@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.agents.datasets import Task
+from harness.common.datasets import Task
 from harness.agents.grading import grade
 from harness.agents.sandbox import Limits, Sandbox
 

@@ -192,7 +192,7 @@ def test_rate_profile_sends_on_schedule(servers, tmp_path):
 
 
 def test_overhead_benchmark_runs_both_paths_and_the_proxy_counts_every_gap(tmp_path):
-    harness("overhead", "--scenarios", "small,paced", "--concurrency", "2", "--rounds", "1", "--batch-s", "0.3",
+    harness("bench", "overhead", "--scenarios", "small,paced", "--concurrency", "2", "--rounds", "1", "--batch-s", "0.3",
             "--warmup-s", "0.1", "--small-tokens", "4", "--paced-tokens", "4", "--paced-itl-ms", "5",
             "--out", str(tmp_path))
     rows = json.loads((tmp_path / "overhead.json").read_text())["results"]
