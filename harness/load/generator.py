@@ -503,10 +503,9 @@ def _peak(samples: list[Sample]) -> int:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["compare"]:
-        if len(argv) != 3:
-            print("usage: python -m harness load compare A.json B.json", file=sys.stderr)
-            return 2
-        a, b = (json.loads(Path(x).read_text()) for x in argv[1:])
+        p = argparse.ArgumentParser(prog="python -m harness load compare", description="two runs side by side")
+        p.add_argument("runs", nargs=2, metavar="RUN.json", help="files written by python -m harness load --out")
+        a, b = (json.loads(Path(x).read_text()) for x in p.parse_args(argv[1:]).runs)
         print(compare(a, b))
         return 0
     a = build_parser().parse_args(argv)
