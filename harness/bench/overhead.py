@@ -33,9 +33,11 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.common.client import OpenAIClient
-from harness.common.procs import free_port, wait_http
-from harness.load.generator import Limits, Sample, Spec, machine, run, run_uvloop, table
+from harness.common.procs import free_port, run_uvloop, wait_http
 from harness.common.stats import percentile
+from harness.load.generator import Limits, Sample, machine, run
+from harness.load.outputs.console import table
+from harness.load.profiles import Spec
 
 HEADERS = {"X-Edgemeter-Mode": "hybrid", "X-Edgemeter-Network": "local"}
 TICK = os.sysconf("SC_CLK_TCK")

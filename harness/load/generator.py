@@ -23,14 +23,16 @@ is good when it meets every SLO given), and mean/median/std/percentiles of TTFT,
 A non-streamed request's TTFT is its E2EL (its first token arrives with its last).
 ``--out DIR`` writes NAME.json and NAME.csv; ``python -m harness load compare A.json B.json``
 puts two runs side by side.
+
+Shaped like GuideLLM's benchmark package: one module per profile in ``profiles/`` (its
+schedule and its benchmarks), one per output format in ``outputs/``; this module sends the
+requests and measures them.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import itertools
-import json
 import os
 import platform
 import random
@@ -38,14 +40,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from harness.common.client import CallResult, OpenAIClient
 from harness.common.procs import run_uvloop
 from harness.common.stats import mean, percentile, std
+from harness.load import profiles
+from harness.load.outputs import compare, console, csv, json
+from harness.load.profiles import PROFILES, Spec, arrivals, throughput
 
-PROFILES = ("synchronous", "concurrent", "throughput", "constant", "poisson", "sweep")
-METRICS = ("ttft", "tpot", "itl", "e2el")
 H_MODE, H_NETWORK, H_DEVICE = "X-Edgemeter-Mode", "X-Edgemeter-Network", "X-Edgemeter-Device"
 # Common English words that BPE tokenizers (GPT, Llama, Qwen, SmolLM) keep as one token with their leading space.
 WORDS = ("the of and to in is was for that on as with by he it at from his an were are which this be or "
@@ -56,25 +59,6 @@ WORDS = ("the of and to in is was for that on as with by he it at from his an we
          "group like game high series number early work name through last against while these including "
          "area back public around life history county best family war however much because several second "
          "four long home great major top still before well where day general what water small way").split()
-
-
-# --- arrival schedules ---
-
-def arrivals(profile: str, rate: float | None = None, *, burstiness: float = 1.0, seed: int = 0) -> Iterator[float]:
-    """Send times in seconds from the start, without end. Closed-loop profiles send at once
-    (the concurrency cap paces them); constant spaces requests 1/rate apart; poisson draws
-    gamma gaps of mean 1/rate and shape ``burstiness`` (1 is exponential, i.e. Poisson)."""
-    if profile in ("synchronous", "concurrent", "throughput"):
-        return itertools.repeat(0.0)
-    if not rate or rate <= 0:
-        raise ValueError(f"profile {profile} needs a rate > 0")
-    if profile == "constant":
-        return (i / rate for i in itertools.count())
-    if profile == "poisson":
-        rng = random.Random(seed)
-        return itertools.accumulate(rng.gammavariate(burstiness, 1 / (rate * burstiness))
-                                    for _ in itertools.count())
-    raise ValueError(f"unknown profile {profile!r}")
 
 
 # --- statistics ---
@@ -204,21 +188,6 @@ class Prompts:
 # --- running ---
 
 @dataclass
-class Spec:
-    """One benchmark: a profile, its rate (open loop) and its cap on requests in flight."""
-    profile: str
-    rate: float | None = None
-    cap: int | None = None
-    burstiness: float = 1.0
-
-    @property
-    def name(self) -> str:
-        if self.profile in ("constant", "poisson"):
-            return f"{self.profile}@{self.rate:.3g}/s" + (f" max{self.cap}" if self.cap else "")
-        return self.profile if self.profile == "synchronous" else f"{self.profile}@{self.cap}"
-
-
-@dataclass
 class Limits:
     max_requests: int | None = 100
     duration: float | None = None
@@ -304,82 +273,6 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "system": platform.platform(), "python": platform.python_version()}
 
 
-def table(headers: list[str], rows: list[list]) -> str:
-    """A Markdown table, readable as plain text too."""
-    cells = [[_cell(v) for v in r] for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-
-    def line(vals: list[str]) -> str:
-        return "| " + " | ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(vals, widths))) + " |"
-    return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)])
-
-
-def _cell(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
-    return str(v)
-
-
-def console(benchmarks: list[dict], percentiles) -> str:
-    p = [f"p{q:g}" for q in percentiles]
-    parts = []
-    for b in benchmarks:
-        head = (f"== {b['name']}: {b['completed']} completed, {b['failed']} failed in {b['duration']:.2f} s; "
-                f"{_cell(b['request_throughput'])} req/s, {_cell(b['output_throughput'])} output tok/s, "
-                f"{_cell(b['total_token_throughput'])} total tok/s"
-                + (f"; goodput {_cell(b['request_goodput'])} req/s" if b.get("request_goodput") is not None else ""))
-        rows = [[m.upper(), *(b[f"{s}_{m}_ms"] for s in ("mean", "median", "std", *p))] for m in METRICS]
-        parts += [head, table(["ms", "mean", "median", "std", *p], rows)]
-        parts += [f"   error x{n}: {e}" for e, n in b["errors"].items()]
-    if len(benchmarks) > 1:
-        top = p[-1]
-        parts += ["== summary", table(
-            ["benchmark", "req/s", "out tok/s", "TTFT mean", f"TTFT {top}", "TPOT mean", f"TPOT {top}",
-             "ITL mean", f"ITL {top}", "E2EL mean", f"E2EL {top}", "goodput", "failed"],
-            [[b["name"], b["request_throughput"], b["output_throughput"], b["mean_ttft_ms"], b[f"{top}_ttft_ms"],
-              b["mean_tpot_ms"], b[f"{top}_tpot_ms"], b["mean_itl_ms"], b[f"{top}_itl_ms"], b["mean_e2el_ms"],
-              b[f"{top}_e2el_ms"], b["request_goodput"], b["failed"]] for b in benchmarks])]
-    return "\n".join(parts)
-
-
-def write_outputs(out: Path, name: str, doc: dict) -> tuple[Path, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    jpath, cpath = out / f"{name}.json", out / f"{name}.csv"
-    jpath.write_text(json.dumps(doc, indent=1))
-    scalar = [{k: v for k, v in b.items() if not isinstance(v, (dict, list))} for b in doc["benchmarks"]]
-    keys = list(dict.fromkeys(k for row in scalar for k in row))
-    with cpath.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(scalar)
-    return jpath, cpath
-
-
-COMPARED = ("completed", "failed", "request_throughput", "request_goodput", "output_throughput",
-            "mean_ttft_ms", "median_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "median_tpot_ms", "p99_tpot_ms",
-            "mean_itl_ms", "median_itl_ms", "p99_itl_ms", "mean_e2el_ms", "median_e2el_ms", "p99_e2el_ms")
-
-
-def compare(a: dict, b: dict) -> str:
-    """Benchmarks of two runs paired in order, each metric as A, B and B's change against A."""
-    parts = []
-    for x, y in zip(a["benchmarks"], b["benchmarks"]):
-        rows = []
-        for key in COMPARED:
-            va, vb = x.get(key), y.get(key)
-            if va is None and vb is None:
-                continue
-            change = f"{(vb - va) / va * 100:+.1f}%" if va and vb is not None else "-"
-            rows.append([key, va, vb, change])
-        parts += [f"== {x['name']} vs {y['name']}", table(["metric", "A", "B", "B vs A"], rows)]
-    if len(a["benchmarks"]) != len(b["benchmarks"]):
-        parts.append(f"(A has {len(a['benchmarks'])} benchmarks, B {len(b['benchmarks'])}; compared the first "
-                     f"{min(len(a['benchmarks']), len(b['benchmarks']))})")
-    return "\n".join(parts)
-
-
 # --- command line ---
 
 def build_parser() -> argparse.ArgumentParser:
@@ -437,9 +330,8 @@ async def _main(a, argv: list[str], profile: str, slo: dict, percentiles: tuple)
         headers[name.strip()] = value.strip()
     warm_n, warm_s = parse_warmup(a.warmup)
     limits = Limits(a.max_requests if a.max_requests or a.duration else 100, a.duration, warm_n, warm_s)
-    throughput_cap = a.max_concurrency or 256
     prompts = Prompts(a.dataset, a.input_tokens, a.seed, a.data_dir)
-    conns = max(a.concurrency or 0, throughput_cap, 100)
+    conns = max(a.concurrency or 0, throughput.cap(a), 100)
     async with OpenAIClient(a.base_url, api_key=a.api_key, timeout_s=a.timeout, max_connections=conns) as client:
         model = a.model or next(iter(await client.models()), None)
         if model is None:
@@ -463,27 +355,7 @@ async def _main(a, argv: list[str], profile: str, slo: dict, percentiles: tuple)
                 result["requests"] = [s.row() for s in samples]
             return result
 
-        if profile == "sweep":
-            results = [await bench(Spec("synchronous")), await bench(Spec("throughput", cap=throughput_cap))]
-            lo, hi = (results[0]["request_throughput"] or 0), (results[1]["request_throughput"] or 0)
-            if hi <= lo:
-                print("sweep: throughput did not exceed synchronous; no rates in between", file=sys.stderr)
-            else:
-                step = (hi - lo) / (a.sweep_size + 1)
-                for k in range(1, a.sweep_size + 1):
-                    results.append(await bench(Spec(a.arrival, lo + k * step, a.max_concurrency, a.burstiness)))
-        elif profile in ("constant", "poisson"):
-            if not a.rate:
-                raise ValueError(f"profile {profile} needs --rate")
-            results = [await bench(Spec(profile, a.rate, a.max_concurrency, a.burstiness))]
-        elif profile == "concurrent":
-            if not a.concurrency:
-                raise ValueError("profile concurrent needs --concurrency")
-            results = [await bench(Spec("concurrent", cap=a.concurrency))]
-        elif profile == "throughput":
-            results = [await bench(Spec("throughput", cap=throughput_cap))]
-        else:
-            results = [await bench(Spec("synchronous"))]
+        results = await profiles.profile(profile).benchmarks(a, bench)
     return {"kind": "edgemeter-load", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "command": " ".join(["python -m harness load", *argv]),
             "machine": machine(),
@@ -503,11 +375,7 @@ def _peak(samples: list[Sample]) -> int:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["compare"]:
-        p = argparse.ArgumentParser(prog="python -m harness load compare", description="two runs side by side")
-        p.add_argument("runs", nargs=2, metavar="RUN.json", help="files written by python -m harness load --out")
-        a, b = (json.loads(Path(x).read_text()) for x in p.parse_args(argv[1:]).runs)
-        print(compare(a, b))
-        return 0
+        return compare.main(argv[1:])
     a = build_parser().parse_args(argv)
     try:
         slo = parse_goodput(a.goodput)
@@ -516,9 +384,9 @@ def main(argv: list[str]) -> int:
     except (ValueError, RuntimeError) as e:
         print(f"load: {e}", file=sys.stderr)
         return 2
-    print(console(doc["benchmarks"], percentiles))
+    print(console.render(doc["benchmarks"], percentiles))
     if a.out:
         name = a.name or f"load-{specs_for(a)}-{time.strftime('%Y%m%d-%H%M%S')}"
-        for path in write_outputs(Path(a.out), name, doc):
-            print(f"wrote {path}")
+        for fmt in (json, csv):
+            print(f"wrote {fmt.write(Path(a.out), name, doc)}")
     return 0

@@ -2,6 +2,8 @@
 against the fast upstream directly and through a proxy, and the compare command."""
 from __future__ import annotations
 
+import argparse
+import asyncio
 import itertools
 import json
 import math
@@ -12,8 +14,8 @@ import pytest
 from aiohttp import web
 
 from harness.common.client import CallResult, OpenAIClient
-from harness.load.generator import (Prompts, Sample, arrivals, describe, parse_goodput, parse_warmup, probe_extras,
-                          summarize)
+from harness.load.generator import Prompts, Sample, describe, parse_goodput, parse_warmup, probe_extras, summarize
+from harness.load.profiles import PROFILES, Spec, arrivals, profile
 from tests.conftest import DATA, ROOT, free_port, wait_http
 
 
@@ -42,6 +44,40 @@ def test_closed_loop_profiles_send_at_once_and_rate_profiles_need_a_rate():
     assert take(arrivals("concurrent"), 3) == [0.0, 0.0, 0.0]
     with pytest.raises(ValueError, match="needs a rate"):
         arrivals("poisson", None)
+
+
+def _benchmarks(name, **opts):
+    """The Specs profile ``name`` runs, against a fake bench whose throughput is the Spec's rate,
+    or 2 req/s synchronous and 8 req/s at saturation."""
+    ran = []
+
+    async def bench(spec):
+        ran.append(spec)
+        return {"request_throughput": {"synchronous": 2.0, "throughput": 8.0}.get(spec.profile, spec.rate)}
+    defaults = dict(concurrency=None, rate=None, max_concurrency=None, burstiness=1.0, arrival="poisson",
+                    sweep_size=5)
+    asyncio.run(profile(name).benchmarks(argparse.Namespace(**{**defaults, **opts}), bench))
+    return ran
+
+
+def test_each_profile_runs_its_benchmarks():
+    assert _benchmarks("synchronous") == [Spec("synchronous")]
+    assert _benchmarks("concurrent", concurrency=16) == [Spec("concurrent", cap=16)]
+    assert _benchmarks("throughput") == [Spec("throughput", cap=256)]
+    assert _benchmarks("throughput", max_concurrency=32) == [Spec("throughput", cap=32)]
+    assert _benchmarks("poisson", rate=3.0, burstiness=0.5) == [Spec("poisson", 3.0, None, 0.5)]
+    assert _benchmarks("constant", rate=3.0, max_concurrency=4) == [Spec("constant", 3.0, 4)]
+    for name, missing in (("concurrent", "--concurrency"), ("constant", "--rate"), ("poisson", "--rate")):
+        with pytest.raises(ValueError, match=missing):
+            _benchmarks(name)
+    with pytest.raises(ValueError, match="unknown profile"):
+        profile("ramp")
+    assert set(PROFILES) == {"synchronous", "concurrent", "throughput", "constant", "poisson", "sweep"}
+
+
+def test_sweep_spaces_its_rates_evenly_between_synchronous_and_saturation():
+    ran = _benchmarks("sweep", sweep_size=2, arrival="constant", max_concurrency=64)
+    assert ran == [Spec("synchronous"), Spec("throughput", cap=64), Spec("constant", 4.0, 64), Spec("constant", 6.0, 64)]
 
 
 # --- prompts ---
