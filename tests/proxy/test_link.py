@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from proxy.link import (IW, MSS, PACKET, PRESETS, Bandwidth, Bernoulli, DelaySplit, GilbertElliott, Latency,
-                        Link, Loss, SlowStart, TraceBandwidth, load_trace, presets_from_config,
+                        Link, Loss, CongestionWindow, TraceBandwidth, load_trace, presets_from_config,
                         segments, wire_bytes)
 
 
@@ -116,15 +116,60 @@ def test_loss_fast_retransmit_costs_one_rtt_when_three_segments_follow():
     assert split.retransmission == pytest.approx(0.08) and stage.lost == 1 and stage.segments == 5
 
 
-def test_loss_of_a_tail_segment_waits_for_the_rto():
+def test_loss_of_a_tail_segment_waits_for_the_probe():
+    # nothing followed it: the tail-loss probe fires 2 SRTT after it, before the RTO (RFC 8985)
     stage = Loss(Scripted([False, False, True]), rtt_s=0.08, rto_s=0.28)
-    assert stage(0.0, 3 * MSS, DelaySplit()) == pytest.approx(0.28)
+    assert stage(0.0, 3 * MSS, DelaySplit()) == pytest.approx(0.16)
+    assert stage.repairs == {"fast": 0, "tlp": 1, "rto": 0}
 
 
-def test_lost_retransmission_backs_off():
-    # single segment lost, its retransmission lost, the second retry gets through: RTO + RTO
-    stage = Loss(Scripted([True, True, False]), rtt_s=0.08, rto_s=0.3)
-    assert stage(0.0, 100, DelaySplit()) == pytest.approx(0.6)
+def test_probe_for_a_lone_segment_adds_the_delayed_ack_timer_but_never_passes_the_rto():
+    assert Loss(Scripted([True]), rtt_s=0.02, rto_s=0.3)(0.0, 100, DelaySplit()) == pytest.approx(0.04 + 0.2)
+    assert Loss(Scripted([True]), rtt_s=0.2, rto_s=0.3)(0.0, 100, DelaySplit()) == pytest.approx(0.3)
+
+
+def test_probe_exposes_an_earlier_loss_which_is_resent_one_rtt_later():
+    stage = Loss(Scripted([False, True, False]), rtt_s=0.08, rto_s=0.28)  # one segment after it: no 3 dupacks
+    assert stage(0.0, 3 * MSS, DelaySplit()) == pytest.approx(0.16 + 0.08)
+
+
+def test_lost_retransmission_backs_off_doubling_from_the_first_timeout():
+    # lone segment lost; the probe (0.04 + 0.2 s) lost; the RTO retransmission lost; then through:
+    # probe + RTO + 2 RTO (the first timeout is charged once, RFC 6298 §5.5)
+    stage = Loss(Scripted([True, True, True, False]), rtt_s=0.02, rto_s=0.3)
+    assert stage(0.0, 100, DelaySplit()) == pytest.approx(0.24 + 0.3 + 0.6)
+    assert stage.repairs == {"fast": 0, "tlp": 0, "rto": 1}
+
+
+def stream(stage, lost_at, n=10, gap=0.02, size=150):
+    """Frames offered ``gap`` apart; the frame with index ``lost_at`` loses its only segment."""
+    stage.model = Scripted([i == lost_at for i in range(n)])
+    return [stage(i * gap, size, DelaySplit()) for i in range(n)]
+
+
+def test_a_lost_frame_is_fast_retransmitted_by_the_frames_after_it():
+    # frames 20 ms apart, RTT 200 ms: three more frames leave within 60 ms, their duplicate ACKs
+    # bring the retransmission out one RTT after the third: 60 + 200 ms late
+    stage = Loss(None, rtt_s=0.2, rto_s=0.6)
+    at = stream(stage, lost_at=4)
+    assert at[4] - 4 * 0.02 == pytest.approx(0.06 + 0.2)
+    assert stage.repairs == {"fast": 1, "tlp": 0, "rto": 0}
+    assert at[5] == at[4] and at == sorted(at)  # head-of-line: later frames wait for it
+
+
+def test_frames_too_sparse_for_three_dupacks_wait_for_the_probe():
+    # chunks 100 ms apart on a 200 ms RTT: the third later one would leave 300 ms on, beyond one RTT
+    stage = Loss(None, rtt_s=0.2, rto_s=0.6)
+    at = stream(stage, lost_at=4, gap=0.1)
+    assert at[4] - 0.4 == pytest.approx(0.4)  # PTO = 2 SRTT
+    assert stage.repairs == {"fast": 0, "tlp": 1, "rto": 0}
+
+
+def test_loss_reports_each_repair_to_the_congestion_window():
+    seen = []
+    stage = Loss(None, rtt_s=0.2, rto_s=0.6, on_loss=lambda t, kind: seen.append((round(t, 9), kind)))
+    stream(stage, lost_at=4)
+    assert seen == [(round(0.08 + 0.26, 9), "fast")]
 
 
 def test_loss_stalls_later_chunks_head_of_line():
@@ -157,18 +202,18 @@ def test_simple_gilbert_burst_length():
     assert sum(after_loss) / len(after_loss) == pytest.approx(0.75, abs=0.02)
 
 
-# --- SlowStart -------------------------------------------------------------------------
+# --- CongestionWindow -------------------------------------------------------------------------
 
 @given(st.integers(min_value=1, max_value=2_000_000))
 def test_slow_start_rounds_match_iw10_doubling(size):
     rtt = 0.1
-    depart = SlowStart(rtt, rto_s=0.3)(0.0, size, DelaySplit())
+    depart = CongestionWindow(rtt, rto_s=0.3)(0.0, size, DelaySplit())
     rounds = math.ceil(math.log2(size / IW + 1))  # facts §5 derivation
     assert depart == pytest.approx((rounds - 1) * rtt)
 
 
 def test_slow_start_restarts_after_idle_longer_than_rto():
-    stage = SlowStart(0.1, rto_s=0.3)
+    stage = CongestionWindow(0.1, rto_s=0.3)
     first = stage(0.0, 100_000, DelaySplit())
     assert first == pytest.approx(0.2)
     warm = stage(first + 0.25, 100_000, DelaySplit())  # idle < RTO: the grown window is kept
@@ -178,7 +223,7 @@ def test_slow_start_restarts_after_idle_longer_than_rto():
 
 
 def test_slow_start_keeps_fifo_order():
-    stage = SlowStart(0.1, rto_s=0.3)
+    stage = CongestionWindow(0.1, rto_s=0.3)
     a = stage(0.0, 3 * IW, DelaySplit())  # waits one round for its tail
     b = stage(0.01, 10, DelaySplit())
     assert b >= a

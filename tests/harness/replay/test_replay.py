@@ -26,6 +26,7 @@ FIXED = {"fixed4g": {"base": "4g", "jitter_ms": 0, "loss": 0.0}}
 PRESETS = presets_from_config(FIXED)
 ENERGY = ComputeEnergy("estimate", watts_per_core=10.0, sample_s=None)
 PROMOTION, ONE_WAY, UP_BPS, DOWN_BPS = 0.26, 0.04, 5.9e6, 20e6  # the 4g preset and the LTE radio
+HANDSHAKE = 2 * 2 * ONE_WAY  # a new connection: TCP + TLS 1.3, one RTT each
 
 
 def ser(nbytes: int, bps: float) -> float:
@@ -81,10 +82,13 @@ def test_fixed_delay_preset_adds_promotion_and_link_delays_exactly():
     row = replay_one(s, "hybrid")
     c1, c2 = (c["edgemeter"] for c in row["llm_calls"])
     up = ser(1000, UP_BPS) + ONE_WAY
-    assert c1["ttft_s"] == pytest.approx(0.05 + PROMOTION + up + ser(150, DOWN_BPS) + ONE_WAY, abs=1e-9)
+    assert c1["ttft_s"] == pytest.approx(0.05 + PROMOTION + HANDSHAKE + up + ser(150, DOWN_BPS) + ONE_WAY, abs=1e-9)
     assert c1["net_delay_s"]["promotion"] == pytest.approx(PROMOTION)
-    assert c1["net_delay_s"]["total"] == pytest.approx(PROMOTION + up + ser(110, DOWN_BPS) + ONE_WAY, abs=1e-9)
-    # half a second later the radio is still connected (LTE's tail): no second promotion
+    assert c1["net_delay_s"]["handshake"] == pytest.approx(HANDSHAKE)
+    assert c1["net_delay_s"]["total"] == pytest.approx(PROMOTION + HANDSHAKE + up + ser(110, DOWN_BPS) + ONE_WAY,
+                                                       abs=1e-9)
+    # half a second later the radio is still connected (LTE's tail) and the connection open (keep-alive):
+    # no second promotion, no second handshake
     assert c2["ttft_s"] == pytest.approx(0.05 + up + ser(150, DOWN_BPS) + ONE_WAY, abs=1e-9)
     assert row["promotions"] == 1 and c2["promotions"] == 0
     net = c1["net_delay_s"]["total"] + c2["net_delay_s"]["total"]
@@ -97,7 +101,7 @@ def test_cloud_mode_charges_only_the_task_up_and_the_answer_down():
     s = session(calls=[call(), call(), call(gap_s=0.0)])
     row = replay_one(s, "cloud")
     c1, c2, c3 = (c["edgemeter"] for c in row["llm_calls"])
-    assert c1["net_delay_s"]["total"] == pytest.approx(PROMOTION + ser(1000, UP_BPS) + ONE_WAY, abs=1e-9)
+    assert c1["net_delay_s"]["total"] == pytest.approx(PROMOTION + HANDSHAKE + ser(1000, UP_BPS) + ONE_WAY, abs=1e-9)
     assert c1["ttft_s"] == pytest.approx(c1["net_delay_s"]["total"] + 0.05, abs=1e-9)  # frames stay in the cloud
     assert [c["net_delay_s"]["total"] for c in (c2, c3)] == [0, 0] and c2["radio_j"] == c3["radio_j"] == 0
     answer = row["session_record"]["final_answer_delay_s"]
