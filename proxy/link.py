@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
 
-from proxy.radio import RADIO_PROFILES, Radio, RadioCharge
+from proxy.radio import RADIO_PROFILES, Radio, RadioCharge, RadioProfile
 
 MSS = 1448                    # payload bytes per segment
 HEADER = 52                   # IP + TCP + timestamp option
@@ -289,30 +289,35 @@ class Loss:
     A stage sees chunks as they are offered and cannot see the future, so whether three
     more segments follow is predicted from the flow's recent chunk gap (an EWMA, reset
     when the flow idles longer than an RTO); the first chunk of a flow has no such
-    prediction and its tail losses wait for the probe. The chunk is delivered when its
-    last segment is, and later chunks wait behind it (head-of-line). Each repair is
-    reported to ``on_loss`` (the congestion window) with when the sender learns of it.
-    The bandwidth a retransmission uses is not modelled.
+    prediction and its tail losses wait for the probe. Within a chunk, only the segments
+    the congestion ``window`` lets out in the same round can raise duplicate ACKs (a
+    window under four segments never gets three). The chunk is delivered when its last
+    segment is, and later chunks wait behind it (head-of-line). Each repair is reported
+    to the window (``on_loss``) with when the sender learns of it. The bandwidth a
+    retransmission uses is not modelled.
     """
-    __slots__ = ("model", "rtt", "rto", "on_loss", "_release", "_gap", "_last_t", "segments", "lost", "repairs")
+    __slots__ = ("model", "rtt", "rto", "window", "_release", "_gap", "_last_t", "segments", "lost", "repairs",
+                 "repair_s")
 
     def __init__(self, model: Bernoulli | GilbertElliott, rtt_s: float, rto_s: float,
-                 on_loss: Callable[[float, str], None] | None = None):
-        self.model, self.rtt, self.rto, self.on_loss = model, rtt_s, rto_s, on_loss
+                 window: CongestionWindow | None = None):
+        self.model, self.rtt, self.rto, self.window = model, rtt_s, rto_s, window
         self._release = -math.inf
         self._gap: float | None = None  # predicted gap to the next chunk of this flow
         self._last_t = -math.inf
         self.segments = 0   # segments sent (first transmissions)
         self.lost = 0       # of those, how many were lost
         self.repairs = {"fast": 0, "tlp": 0, "rto": 0}  # what repaired each loss in the end
+        self.repair_s = 0.0  # summed time from each lost segment's send to its repair
 
     def repair(self, after: int, single: bool) -> tuple[float, str]:
         """Seconds from a lost segment's send to its first retransmission, and the mechanism,
         given ``after`` later segments of its own chunk. ``single``: nothing else in flight."""
         rtt, gap = self.rtt, self._gap
-        if after >= 3:
+        in_round = after if self.window is None else min(after, self.window.cwnd // MSS - 1)
+        if in_round >= 3:
             return rtt, "fast"
-        if gap is not None and (3 - after) * gap <= rtt:
+        if in_round == after and gap is not None and (3 - after) * gap <= rtt:
             return (3 - after) * gap + rtt, "fast"
         pto = min(2 * rtt + (TCP_DELACK_MAX if single else 0.0), self.rto)
         return pto + (rtt if after else 0.0), "tlp"
@@ -341,8 +346,9 @@ class Loss:
                 backoff = min(2 * backoff, RTO_MAX)
                 kind = "rto"
             self.repairs[kind] += 1
-            if self.on_loss is not None:
-                self.on_loss(t + cost, kind)
+            self.repair_s += cost
+            if self.window is not None:
+                self.window.on_loss(t + cost, kind)
             extra = max(extra, cost)
         at = t + extra
         if at < self._release:
@@ -362,13 +368,15 @@ class CongestionWindow:
     (RFC 7661). A loss repaired by fast retransmit or a probe halves it (ssthresh =
     cwnd/2, at most once per round trip: one recovery episode); a retransmission timeout
     drops it to one segment and slow start begins again (RFC 5681 §3.1). The cut takes
-    effect at the first round that starts after the sender learned of the loss. After an
+    effect at the first round that starts after the sender learned of the loss; a loss
+    left to a probe or a timeout stalls the window until that timer fires (the hole
+    keeps it from sliding). After an
     idle longer than the RTO it restarts at min(IW, cwnd), as Linux does with
     net.ipv4.tcp_slow_start_after_idle=1 (RFC 5681 §4.1). Bytes beyond the window wait
     for the next round's ACKs: that wait is ``slow_start`` in the delay split.
     """
     __slots__ = ("rtt", "idle", "bottleneck", "cwnd", "ssthresh", "_sent", "_round_start", "_last", "_cut",
-                 "_episode_end")
+                 "_episode_end", "_stall_until")
 
     def __init__(self, rtt_s: float, rto_s: float, bottleneck: Bandwidth | TraceBandwidth | None = None):
         self.rtt, self.idle, self.bottleneck = rtt_s, rto_s, bottleneck
@@ -380,9 +388,12 @@ class CongestionWindow:
         self._sent = 0
         self._round_start = self._last = -math.inf
         self._cut: tuple[float, str] | None = None   # a loss the sender learns of at that time
-        self._episode_end = -math.inf
+        self._episode_end = self._stall_until = -math.inf
 
     def on_loss(self, t: float, kind: str) -> None:
+        """The sender learns at ``t`` of a loss repaired by ``kind`` (fast, tlp or rto)."""
+        if kind != "fast":
+            self._stall_until = max(self._stall_until, t)
         if t < self._episode_end:  # the same recovery episode: one cut
             if kind == "rto" and self._cut is not None:
                 self._cut = (self._cut[0], kind)
@@ -400,15 +411,13 @@ class CongestionWindow:
         elif 2 * self._sent >= self.cwnd:
             grow = self._sent if self.cwnd < self.ssthresh else MSS // 2
             self.cwnd = int(min(self.cwnd + grow, max(self.ssthresh, self.cwnd + grow)))
-        self._sent, self._round_start = 0, at
+        # ACK clocking: the round's first byte gets through once the bytes queued ahead of it
+        # at the bottleneck have, and its ACK is back an RTT later
+        queued = self.bottleneck.free_at if self.bottleneck is not None else at
+        self._sent, self._round_start = 0, max(at, queued)
 
     def _round_end(self) -> float:
-        """When the ACKs of this round's bytes are back: an RTT after the round began, or
-        after its last byte left the bottleneck if bytes queue there (ACK clocking)."""
-        end = self._round_start + self.rtt
-        if self.bottleneck is not None:
-            end = max(end, self.bottleneck.free_at + self.rtt)
-        return end
+        return max(self._round_start + self.rtt, self._stall_until)
 
     def __call__(self, t: float, nbytes: int, split: DelaySplit) -> float:
         if t - self._last > self.idle:
@@ -628,15 +637,15 @@ class Link:
     """
     __slots__ = ("preset", "up", "down", "radio", "_chains", "_radio", "_paging", "_windows", "_idle_since")
 
-    def __init__(self, preset: NetworkPreset | str, seed: int | str = 0):
+    def __init__(self, preset: NetworkPreset | str, seed: int | str = 0, radio: RadioProfile | None = None):
         self.preset = preset = PRESETS[preset] if isinstance(preset, str) else preset
         build = _pocket_agent_chain if preset.link_model == "pocket-agent" else _chain
         self.up = build(preset, "up", seed)
         self.down = build(preset, "down", seed)
         self._chains = {"up": self.up, "down": self.down}
         self._windows = [s for s in self.up + self.down if isinstance(s, CongestionWindow)]
-        self.radio = Radio(RADIO_PROFILES[preset.radio])
-        self._radio = self.radio if preset.radio != "none" else None
+        self.radio = Radio(radio or RADIO_PROFILES[preset.radio])  # ``radio`` overrides the preset's
+        self._radio = self.radio if self.radio.profile.name != "none" else None
         self._paging = random.Random(f"{seed}:{preset.name}:paging")
         self._idle_since: float | None = None  # when the connection last carried bytes; None: none open
 
@@ -700,11 +709,10 @@ def _chain(p: NetworkPreset, direction: str, seed: int | str) -> tuple[Stage, ..
             else Bandwidth(p.up_mbps if direction == "up" else p.down_mbps))
     window = CongestionWindow(rtt, rto, link) if rtt > 0 else None
     stages: list[Stage] = [window, link] if window is not None else [link]
-    on_loss = window.on_loss if window is not None else None
     if p.loss_model == "gemodel":
-        stages.append(Loss(GilbertElliott(*p.gemodel, _rng(p, seed, direction, "loss")), rtt, rto, on_loss))
+        stages.append(Loss(GilbertElliott(*p.gemodel, _rng(p, seed, direction, "loss")), rtt, rto, window))
     elif p.loss > 0:
-        stages.append(Loss(Bernoulli(p.loss, _rng(p, seed, direction, "loss")), rtt, rto, on_loss))
+        stages.append(Loss(Bernoulli(p.loss, _rng(p, seed, direction, "loss")), rtt, rto, window))
     if rtt > 0:
         stages.append(Latency(rtt / 2, p.jitter_ms / 1000 / math.sqrt(2), _rng(p, seed, direction, "latency"),
                               p.jitter_corr_s))
