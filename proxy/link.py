@@ -566,6 +566,11 @@ PRESETS: dict[str, NetworkPreset] = {p.name: p for p in (
 _KEYS = {f.name for f in fields(NetworkPreset)} - {"name"}
 
 
+def pocket_agent(p: NetworkPreset) -> NetworkPreset:
+    """The preset's numbers under the agent-placement study's network and radio model."""
+    return replace(p, link_model="pocket-agent", radio="pocket-agent")
+
+
 def presets_from_config(networks: dict | None) -> dict[str, NetworkPreset]:
     """Built-in presets plus the ``networks:`` section of config.yaml.
 

@@ -200,8 +200,8 @@ def stream_table(names: list[str], seeds: int, seed: int) -> list[str]:
 
 
 def bulk_table(names: list[str], seeds: int, seed: int) -> list[str]:
-    rows = ["| preset | loss % | link up Mbps | Mathis Mbps | Padhye Mbps | achieved Mbps | achieved / Padhye | target |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| preset | loss % | link up Mbps | Mathis Mbps | Padhye Mbps | achieved Mbps | achieved / Padhye "
+            "| target |", "|---|---|---|---|---|---|---|---|"]
     for name in names:
         p = PRESETS[name]
         if not p.loss:

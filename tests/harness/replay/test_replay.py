@@ -15,7 +15,7 @@ from harness.replay import replay
 from harness.replay import trace as tr
 from harness.agents.results import read_rows
 from proxy.energy import ComputeEnergy
-from proxy.link import HEADER, presets_from_config
+from proxy.link import HEADER, pocket_agent, presets_from_config
 from tests.conftest import make_config, wait_ready
 from tests.fake_upstream import chunk
 
@@ -109,6 +109,20 @@ def test_cloud_mode_charges_only_the_task_up_and_the_answer_down():
     assert row["net_delay_s"] == pytest.approx(c1["net_delay_s"]["total"] + answer)
     assert row["radio_j"] > c1["radio_j"] and row["promotions"] == 1
     assert row["wall_s"] == pytest.approx(s.wall_s + row["net_delay_s"])
+
+
+def test_pocket_agent_compat_charges_one_rtt_per_call_and_its_radio():
+    s = session()
+    (row,) = replay.Replayer("hybrid", pocket_agent(PRESETS["fixed4g"]), 0, ENERGY).device_rows(s.device, [s])
+    c1, c2 = (c["edgemeter"] for c in row["llm_calls"])
+    rtt = 2 * ONE_WAY  # jitter 0: the study's Gaussian RTT is exactly the RTT
+    assert c1["net_delay_s"]["handshake"] == 0.0
+    assert c1["net_delay_s"]["total"] == pytest.approx(PROMOTION + 1000 * 8 / UP_BPS + rtt + 110 * 8 / DOWN_BPS,
+                                                       abs=1e-9)
+    assert c2["ttft_s"] == pytest.approx(0.05 + 1000 * 8 / UP_BPS + rtt + 150 * 8 / DOWN_BPS, abs=1e-9)
+    assert row["radio"] == "pocket-agent" and row["promotions"] == 1
+    # its 0.5 J promotion, 1.2 W while busy (well under a second), its provisional 7 s tail at 0.6 W
+    assert 0.5 + 7 * 0.6 < c1["radio_j"] < 0.5 + 7 * 0.6 + 1.2 * 1.0
 
 
 def test_same_seed_same_replay_other_seed_other_draws():
