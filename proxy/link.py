@@ -463,7 +463,8 @@ class NetworkPreset:
     correlation time of the delay (see Latency). ``loss`` is the mean segment loss rate;
     with ``loss_model: gemodel`` it is derived from ``gemodel`` (netem's p, r, 1-h, 1-k).
     A trace file replaces the fixed rate of its direction. A new connection, or one idle
-    longer than ``keepalive_s``, first spends ``handshake_rtts`` round trips setting up.
+    longer than ``keepalive_s``, first spends ``handshake_rtts`` round trips setting up. A
+    download that finds the radio idle waits up to one ``paging_s`` cycle for paging.
     ``link_model: pocket-agent`` swaps the TCP stages for the agent-placement study's
     per-transfer model (see ``_pocket_agent_chain``)."""
     name: str
@@ -480,6 +481,7 @@ class NetworkPreset:
     jitter_corr_s: float = JITTER_CORR_S
     handshake_rtts: float = 2
     keepalive_s: float = KEEPALIVE_S
+    paging_s: float | None = None   # idle paging cycle; None: the radio profile's (LTE 1.28 s)
     link_model: str = "tcp"
 
     def __post_init__(self):
@@ -487,8 +489,10 @@ class NetworkPreset:
             return ValueError(f"networks.{self.name}.{key}: {what}")
 
         for key in ("rtt_ms", "jitter_ms", "loss", "up_mbps", "down_mbps", "jitter_corr_s", "handshake_rtts",
-                    "keepalive_s"):
+                    "keepalive_s", "paging_s"):
             v = getattr(self, key)
+            if v is None and key == "paging_s":
+                continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise bad(key, f"must be a non-negative number, got {v!r}")
         for key in ("up_mbps", "down_mbps"):
@@ -664,8 +668,9 @@ class Link:
         at = t
         if radio is not None:
             wait = radio.promotion_delay(t)
-            if direction == "down" and radio.profile.paging_s and radio.is_idle(t):  # paged first
-                split.paging = self._paging.uniform(0.0, radio.profile.paging_s)
+            cycle = radio.profile.paging_s if self.preset.paging_s is None else self.preset.paging_s
+            if direction == "down" and cycle and radio.is_idle(t):  # the network must page it first
+                split.paging = self._paging.uniform(0.0, cycle)
                 at += split.paging
             split.promotion = wait
             at += wait

@@ -402,6 +402,8 @@ def test_gemodel_takes_netem_defaults():
     ({"x": {"rtt": 5}}, r"networks\.x\.rtt: unknown key"),
     ({"x": {"rtt_ms": -1}}, r"networks\.x\.rtt_ms: must be a non-negative number"),
     ({"x": {"rtt_ms": "20"}}, r"networks\.x\.rtt_ms: must be a non-negative number"),
+    ({"x": {"paging_s": -1}}, r"networks\.x\.paging_s: must be a non-negative number"),
+    ({"x": {"handshake_rtts": "two"}}, r"networks\.x\.handshake_rtts: must be a non-negative number"),
     ({"x": {"down_mbps": 0}}, r"networks\.x\.down_mbps: must be > 0"),
     ({"x": {"loss": 1.0}}, r"networks\.x\.loss: must be below 1"),
     ({"x": {"jitter_ms": 5}}, r"networks\.x\.jitter_ms: needs rtt_ms"),
@@ -458,6 +460,13 @@ def test_download_to_an_idle_lte_radio_waits_for_paging_then_promotion():
     assert d.at == pytest.approx(paging + 0.26 + wire_bytes(100) * 8 / 20e6 + 0.04)
     assert link.send("down", d.at + 1.0, 100).split.paging == 0.0  # in the tail: no paging
     assert Link(p).send("up", 0.0, 100).split.paging == 0.0  # the device starts it: no paging
+
+
+def test_paging_cycle_is_configurable():
+    p = replace(quiet(), radio="lte", paging_s=0.32)  # the 320 ms cycle an operator trace shows (facts §1, S5)
+    paging = random.Random(f"4:{p.name}:paging").uniform(0.0, 0.32)
+    assert Link(p, seed=4).send("down", 0.0, 100).split.paging == pytest.approx(paging)
+    assert Link(replace(p, paging_s=0)).send("down", 0.0, 100).split.paging == 0.0
 
 
 def test_presets_use_the_radio_their_network_has():
