@@ -361,19 +361,20 @@ class Loss:
 class CongestionWindow:
     """TCP's congestion window, the bytes that may be unacknowledged (Reno, RFC 5681).
 
-    A fresh connection starts at IW10 (RFC 6928). Each round trip the window grows by
-    the bytes it acknowledged (slow start, doubling) until ``ssthresh``, then by one MSS
-    (congestion avoidance); it grows only if the sender used at least half of it, so an
-    application-limited stream of small frames does not earn a window it never tested
+    A fresh connection starts at IW10 (RFC 6928). Each round trip the window grows by the
+    bytes it acknowledged (slow start, doubling) up to ``ssthresh``, then by half a segment
+    (congestion avoidance with delayed ACKs, one ACK per two segments, RFC 5681 §4.2, as
+    the Padhye formula assumes); it grows only if the sender used at least half of it, so
+    an application-limited stream of small frames does not earn a window it never tested
     (RFC 7661). A loss repaired by fast retransmit or a probe halves it (ssthresh =
     cwnd/2, at most once per round trip: one recovery episode); a retransmission timeout
     drops it to one segment and slow start begins again (RFC 5681 §3.1). The cut takes
     effect at the first round that starts after the sender learned of the loss; a loss
     left to a probe or a timeout stalls the window until that timer fires (the hole
-    keeps it from sliding). After an
-    idle longer than the RTO it restarts at min(IW, cwnd), as Linux does with
-    net.ipv4.tcp_slow_start_after_idle=1 (RFC 5681 §4.1). Bytes beyond the window wait
-    for the next round's ACKs: that wait is ``slow_start`` in the delay split.
+    keeps it from sliding). After an idle longer than the RTO it restarts at
+    min(IW, cwnd), as Linux does with net.ipv4.tcp_slow_start_after_idle=1 (RFC 5681
+    §4.1). Bytes beyond the window wait for the next round's ACKs: that wait is
+    ``slow_start`` in the delay split.
     """
     __slots__ = ("rtt", "idle", "bottleneck", "cwnd", "ssthresh", "_sent", "_round_start", "_last", "_cut",
                  "_episode_end", "_stall_until")
@@ -408,9 +409,11 @@ class CongestionWindow:
             self.ssthresh = max(self.cwnd // 2, 2 * MSS)
             self.cwnd = MSS if cut[1] == "rto" else self.ssthresh
             self._cut = None
-        elif 2 * self._sent >= self.cwnd:
-            grow = self._sent if self.cwnd < self.ssthresh else MSS // 2
-            self.cwnd = int(min(self.cwnd + grow, max(self.ssthresh, self.cwnd + grow)))
+        elif 2 * self._sent >= self.cwnd:  # a window the sender used (RFC 7661)
+            if self.cwnd < self.ssthresh:
+                self.cwnd = min(self.cwnd + self._sent, self.ssthresh)
+            else:
+                self.cwnd += MSS // 2
         # ACK clocking: the round's first byte gets through once the bytes queued ahead of it
         # at the bottleneck have, and its ACK is back an RTT later
         queued = self.bottleneck.free_at if self.bottleneck is not None else at
