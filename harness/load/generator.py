@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from harness import data
 from harness.common.client import CallResult, OpenAIClient
 from harness.common.procs import run_uvloop
 from harness.common.stats import mean, percentile, std
@@ -188,8 +189,8 @@ class Prompts:
         self.dataset, self.input_tokens, self.seed = dataset, input_tokens, seed
         self.questions: list[str] = []
         if dataset == "gsm8k":
-            from .datasets import load
-            self.questions = [t.prompt for t in load("gsm8k", data_dir)]
+            with open(data.resolve("gsm8k", data_dir).path, encoding="utf-8") as f:
+                self.questions = [json.loads(line)["question"] for line in f if line.strip()]
             random.Random(seed).shuffle(self.questions)
         elif dataset != "synthetic":
             raise ValueError(f"unknown dataset {dataset!r} (synthetic, gsm8k)")
@@ -398,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cap on requests in flight for rate profiles; throughput's level (default 256)")
     p.add_argument("--sweep-size", type=int, default=5, help="rates between synchronous and throughput")
     p.add_argument("--dataset", choices=("synthetic", "gsm8k"), default="synthetic")
-    p.add_argument("--data-dir", help="holds gsm8k/test.jsonl (default: $EDGEMETER_DATA or ../shared/data)")
+    p.add_argument("--data-dir", help="holds gsm8k/test.jsonl (default: $EDGEMETER_DATA, else ~/.cache/edgemeter/data)")
     p.add_argument("--input-tokens", type=int, default=128, help="synthetic prompt length")
     p.add_argument("--output-tokens", type=int, default=128, help="max_tokens of every request")
     p.add_argument("--no-ignore-eos", action="store_true", help="never send ignore_eos/min_tokens")
