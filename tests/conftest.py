@@ -21,6 +21,7 @@ def require(condition: object, what: str, how_to_fix: str) -> None:
     """Every test prerequisite goes through here: when it is not met the test is skipped with the
     reason on a developer's machine, and fails, naming what is missing, when $CI is set (a run
     that silently skipped would pass without testing anything)."""
+    __tracebackhide__ = True  # the skip or failure is reported at the test's line, not here
     if condition:
         return
     message = f"missing {what}: {how_to_fix}"
@@ -31,10 +32,12 @@ def require(condition: object, what: str, how_to_fix: str) -> None:
 
 def require_import(module: str, how_to_fix: str):
     """``import module`` through ``require``: an API change that breaks the import is named too."""
+    __tracebackhide__ = True
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        require(False, f"{module} ({e})", how_to_fix)
+        error = e
+    require(False, f"{module} ({error})", how_to_fix)
 
 
 @pytest.fixture(scope="session")

