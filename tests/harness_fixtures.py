@@ -11,6 +11,8 @@ import pytest
 from harness import data
 from tests.conftest import require
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def data_file(name: str) -> Path:
     """The verified file of data set ``name``; when it is missing the test cannot run, and the

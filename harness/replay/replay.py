@@ -291,7 +291,7 @@ def main(argv: list[str]) -> int:
     tmp.write_text(json.dumps(run_info, indent=2))
     os.replace(tmp, out / "run.json")
     if not args.no_report:
-        from . import report
+        from harness.agents import report
         report.write_report(out, with_plots=not args.no_plots)
 
     reasons = Counter(f.split(":", 1)[0] for s in flagged for f in s.flags)
