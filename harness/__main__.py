@@ -8,11 +8,14 @@ Commands:
   soak        many concurrent streams through the proxy for a while: errors, memory, token accounting
   replay      cost recorded agent traces under other modes, networks and radios
   bench NAME  a benchmark that prints figures (python -m harness bench --help lists them)
+  data        list or fetch the benchmark data sets (GSM8K, MBPP, HumanEval, WikiText-2), verified by sha256
 """
 from __future__ import annotations
 
 import importlib
 import sys
+
+from harness.data import DataError
 
 COMMANDS = {
     "quickstart": "harness.agents.quickstart",
@@ -22,6 +25,7 @@ COMMANDS = {
     "soak": "harness.load.soak",
     "replay": "harness.replay.replay",
     "bench": "harness.bench",
+    "data": "harness.data.cli",
 }
 
 
@@ -31,7 +35,11 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip())
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     module = importlib.import_module(COMMANDS[argv[0]])
-    return module.main(argv[1:])
+    try:
+        return module.main(argv[1:])
+    except DataError as e:  # a missing or corrupt data set: the message says how to get it
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

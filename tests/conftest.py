@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import subprocess
 import sys
@@ -14,7 +15,29 @@ from harness.common.procs import free_port, wait_http  # noqa: F401  (re-exporte
 from proxy.config import from_dict
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("EDGEMETER_DATA", ROOT.parent / "shared" / "data"))
+
+
+def require(condition: object, what: str, how_to_fix: str) -> None:
+    """Every test prerequisite goes through here: when it is not met the test is skipped with the
+    reason on a developer's machine, and fails, naming what is missing, when $CI is set (a run
+    that silently skipped would pass without testing anything)."""
+    __tracebackhide__ = True  # the skip or failure is reported at the test's line, not here
+    if condition:
+        return
+    message = f"missing {what}: {how_to_fix}"
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set, so a missing prerequisite fails the run: {message}", pytrace=False)
+    pytest.skip(message, allow_module_level=True)
+
+
+def require_import(module: str, how_to_fix: str):
+    """``import module`` through ``require``: an API change that breaks the import is named too."""
+    __tracebackhide__ = True
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        error = e
+    require(False, f"{module} ({error})", how_to_fix)
 
 
 @pytest.fixture(scope="session")

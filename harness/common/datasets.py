@@ -3,7 +3,7 @@
 GSM8K (test, 1,319), MBPP (the standard test split, task_ids 11-510) and HumanEval
 (164). Each loader yields ``Task``s holding what the agent is shown (``prompt``) and
 what the grader needs (``data``); ``reference`` is the dataset's own solution, used to
-validate the graders.
+validate the graders. Files come from ``harness.data``, verified against their pinned sha256.
 """
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from harness import data
 
 DATASETS = ("gsm8k", "mbpp", "humaneval")
 
@@ -31,19 +33,15 @@ class Task:
         return "math" if self.dataset == "gsm8k" else "code"
 
 
-def default_data_dir() -> Path:
-    return Path(os.environ.get("EDGEMETER_DATA") or Path.cwd().parent / "shared" / "data")
-
-
 def _jsonl(path: Path) -> list[dict]:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _gsm8k(root: Path) -> list[Task]:
+def _gsm8k(path: Path) -> list[Task]:
     tasks = []
-    for i, row in enumerate(_jsonl(root / "gsm8k" / "test.jsonl")):
+    for i, row in enumerate(_jsonl(path)):
         answer = row["answer"].rsplit("####", 1)[1].strip().replace(",", "")
         tasks.append(Task("gsm8k", str(i), row["question"], answer, {"answer": answer}))
     return tasks
@@ -54,9 +52,9 @@ def _mbpp_entry_point(row: dict) -> str:
     return m.group(1) if m else ""
 
 
-def _mbpp(root: Path) -> list[Task]:
+def _mbpp(path: Path) -> list[Task]:
     tasks = []
-    for row in _jsonl(root / "mbpp" / "mbpp.jsonl"):
+    for row in _jsonl(path):
         if not 11 <= row["task_id"] <= 510:
             continue
         name = _mbpp_entry_point(row)
@@ -68,9 +66,9 @@ def _mbpp(root: Path) -> list[Task]:
     return tasks
 
 
-def _humaneval(root: Path) -> list[Task]:
+def _humaneval(path: Path) -> list[Task]:
     tasks = []
-    for row in _jsonl(root / "humaneval" / "HumanEval.jsonl.gz"):
+    for row in _jsonl(path):
         prompt = ("Complete this Python function. Reply with the whole function, including its signature.\n"
                   + row["prompt"])
         tasks.append(Task("humaneval", row["task_id"].split("/")[1], prompt, row["prompt"] + row["canonical_solution"],
@@ -81,11 +79,17 @@ def _humaneval(root: Path) -> list[Task]:
 _LOADERS = {"gsm8k": _gsm8k, "mbpp": _mbpp, "humaneval": _humaneval}
 
 
-def load(dataset: str, data_dir: str | os.PathLike | None = None) -> list[Task]:
+def load_with_source(dataset: str, data_dir: str | os.PathLike | None = None) -> tuple[list[Task], data.Source]:
+    """The tasks and the verified file they were read from (``data.DataError`` says how to get a
+    missing one)."""
     if dataset not in _LOADERS:
         raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
-    root = Path(data_dir) if data_dir else default_data_dir()
-    return _LOADERS[dataset](root)
+    source = data.resolve(dataset, data_dir)
+    return _LOADERS[dataset](source.path), source
+
+
+def load(dataset: str, data_dir: str | os.PathLike | None = None) -> list[Task]:
+    return load_with_source(dataset, data_dir)[0]
 
 
 def select(tasks: list[Task], *, limit: int | None = None, ids: list[str] | None = None,

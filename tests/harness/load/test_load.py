@@ -16,7 +16,8 @@ from aiohttp import web
 from harness.common.client import CallResult, OpenAIClient
 from harness.load.generator import Prompts, Sample, describe, parse_goodput, parse_warmup, probe_extras, summarize
 from harness.load.profiles import PROFILES, Spec, arrivals, profile
-from tests.conftest import DATA, ROOT, free_port, wait_http
+from tests.conftest import ROOT, free_port, wait_http
+from tests.harness_fixtures import data_dir, data_file
 
 
 def take(it, n):
@@ -90,8 +91,8 @@ def test_synthetic_prompts_have_the_asked_length_and_differ_per_request():
 
 
 def test_gsm8k_prompts_are_the_test_questions_in_a_seeded_order():
-    p = Prompts("gsm8k", 0, seed=1, data_dir=str(DATA))
-    questions = {json.loads(line)["question"] for line in (DATA / "gsm8k" / "test.jsonl").read_text().splitlines()}
+    p = Prompts("gsm8k", 0, seed=1, data_dir=str(data_dir()))
+    questions = {json.loads(line)["question"] for line in data_file("gsm8k").read_text().splitlines()}
     asked = [p.messages(i)[0]["content"] for i in range(len(questions) + 1)]
     assert set(asked) == questions and asked[0] == asked[-1]  # every question once, then round again
 
