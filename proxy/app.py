@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import importlib.metadata
 import logging
 import time
 
@@ -33,6 +34,7 @@ CONFIG, ROUTER, LOG, ENERGY = web.AppKey("config", Config), web.AppKey("router",
     web.AppKey("log", RequestLog), web.AppKey("energy", ComputeEnergy)
 LOADING = web.AppKey("loading", list)
 API_PATHS = ("/v1/", "/edgemeter/")
+VERSION = importlib.metadata.version("edgemeter")
 
 
 def create_app(config: Config) -> web.Application:
@@ -50,10 +52,15 @@ def create_app(config: Config) -> web.Application:
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model}", get_model)
     app.router.add_post("/edgemeter/v1/sessions/{session_id}/end", end_session)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    # the routes benchmark clients and orchestrators probe on vLLM/SGLang servers (docs/peer-clients.md)
+    app.router.add_get("/health", health)
+    app.router.add_get("/ping", health)
+    app.router.add_get("/version", version)
     app.router.add_get("/openapi.json", openapi.serve)
     app.on_startup.append(start_backends)
     app.on_cleanup.append(stop_backends)
@@ -439,10 +446,24 @@ async def complete(request, route: Route, meter: RequestMeter, events, kind: str
     return web.Response(body=orjson.dumps(out), content_type="application/json", headers=headers)
 
 
+def model_card(name: str, backend) -> dict:
+    """vLLM's model card fields: `vllm bench serve` reads ``root``, GuideLLM ``id``."""
+    return {"id": name, "object": "model", "created": 0, "owned_by": f"edgemeter:{backend.kind}", "root": name,
+            "parent": None, "max_model_len": getattr(backend, "n_ctx", None)}
+
+
 async def list_models(request: web.Request) -> web.Response:
-    data = [{"id": name, "object": "model", "created": 0, "owned_by": f"edgemeter:{b.kind}"}
-            for name, b in request.app[ROUTER].backends.items()]
+    data = [model_card(name, b) for name, b in request.app[ROUTER].backends.items()]
     return web.json_response({"object": "list", "data": data}, dumps=lambda o: orjson.dumps(o).decode())
+
+
+async def get_model(request: web.Request) -> web.Response:
+    name = request.match_info["model"]
+    backend = request.app[ROUTER].backends.get(name)
+    if backend is None:
+        raise APIError(404, f"The model '{name}' does not exist", type="invalid_request_error", param="model",
+                       code="model_not_found")
+    return web.json_response(model_card(name, backend), dumps=lambda o: orjson.dumps(o).decode())
 
 
 async def end_session(request: web.Request) -> web.Response:
@@ -477,6 +498,16 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
+
+
+async def health(request: web.Request) -> web.Response:
+    """vLLM's /health: 200 with an empty body once every model is loaded, 503 before."""
+    ready = all(b.ready for b in request.app[ROUTER].backends.values())
+    return web.Response(status=200 if ready else 503)
+
+
+async def version(request: web.Request) -> web.Response:
+    return web.json_response({"version": VERSION})
 
 
 async def readyz(request: web.Request) -> web.Response:

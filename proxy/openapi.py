@@ -98,13 +98,13 @@ def _schemas(models: list[str] | None) -> dict:
                                       "choices": {"type": "array", "items": {"type": "object"}},
                                       "usage": usage,
                                       "edgemeter": {"type": "object", "description": "The request's record."}}},
+        "Model": {"type": "object", "required": ["id", "object", "owned_by", "root"], "properties": {
+            "id": {"type": "string"}, "object": {"type": "string"}, "created": {"type": "integer"},
+            "owned_by": {"type": "string"}, "root": {"type": "string"},
+            "max_model_len": {"type": "integer", "nullable": True}}},
         "ModelList": {"type": "object", "required": ["object", "data"], "properties": {
             "object": {"type": "string", "enum": ["list"]},
-            "data": {"type": "array", "items": {"type": "object", "required": ["id", "object", "owned_by"],
-                                                "properties": {"id": {"type": "string"},
-                                                               "object": {"type": "string"},
-                                                               "created": {"type": "integer"},
-                                                               "owned_by": {"type": "string"}}}}}},
+            "data": {"type": "array", "items": _ref("Model")}}},
         "SessionRecord": {"type": "object", "required": ["session", "mode", "network", "calls"], "properties": {
             "session": {"type": "string"}, "mode": {"type": "string", "enum": list(MODES)},
             "network": {"type": "string"}, "calls": {"type": "integer", "minimum": 0}}},
@@ -151,6 +151,11 @@ def document(models: list[str], networks: list[str], *, api_key: bool, metrics_a
             "/v1/completions": generate("CompletionRequest", "Text completion (OpenAI)"),
             "/v1/models": {"get": {"summary": "Configured models", "security": secured, "responses": {
                 "200": _json(_ref("ModelList"), "Every configured model."), **_errors(*auth_errors)}}},
+            "/v1/models/{model}": {"get": {"summary": "One configured model", "security": secured,
+                                           "parameters": [{"name": "model", "in": "path", "required": True,
+                                                           "schema": {"type": "string"}}],
+                                           "responses": {"200": _json(_ref("Model"), "The model."),
+                                                         **_errors(*auth_errors, 404)}}},
             "/edgemeter/v1/sessions/{session_id}/end": {"post": {
                 "summary": "End an agent session; in cloud mode its final answer comes down the device link.",
                 "security": secured,
@@ -171,6 +176,13 @@ def document(models: list[str], networks: list[str], *, api_key: bool, metrics_a
                     "status": {"type": "string", "enum": [state]},
                     "models": {"type": "object", "additionalProperties": {"type": "boolean"}}}}, state)
                 for status, state in ((200, "ready"), (503, "loading"))}}},
+            "/health": {"get": {"summary": "Readiness as vLLM and SGLang answer it (empty body)", "responses": {
+                "200": {"description": "Every model loaded."}, "503": {"description": "Still loading."}}}},
+            "/ping": {"get": {"summary": "Same as /health", "responses": {
+                "200": {"description": "Every model loaded."}, "503": {"description": "Still loading."}}}},
+            "/version": {"get": {"summary": "Edgemeter's version", "responses": {"200": _json(
+                {"type": "object", "required": ["version"], "properties": {"version": {"type": "string"}}},
+                "The installed version.")}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {
                 "200": _json({"type": "object"}, "OpenAPI 3.0 document.")}}},
         },

