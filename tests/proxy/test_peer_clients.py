@@ -24,7 +24,7 @@ import yaml
 
 from backends import Backend
 from backends.base import TextDelta
-from tests.conftest import free_port, wait_http
+from tests.conftest import free_port, require, wait_http
 
 # Loopback adds a fraction of a millisecond each way; the rest is two Python event loops being
 # scheduled on a shared 2-core machine. ITL is averaged over a request's tokens, so it is tighter.
@@ -37,11 +37,7 @@ FIXED = {"base": "lan", "rtt_ms": 80, "jitter_ms": 0, "loss": 0, "down_mbps": 10
 
 def guidellm_exe() -> str:
     exe = shutil.which("guidellm", path=str(Path(sys.executable).parent))
-    if exe is None:
-        message = "guidellm is not installed (pip install -e '.[dev]' after the CPU torch wheel)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require(exe, "the guidellm command", "pip install -e '.[dev]' after the CPU torch wheel (bash .ci/setup.sh)")
     return exe
 
 
