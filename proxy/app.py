@@ -22,7 +22,7 @@ from proxy import metrics
 from proxy import openapi
 from proxy import validate
 from proxy.config import Config
-from proxy.device import Devices
+from proxy.device import Devices, settle
 from proxy.energy import ComputeEnergy
 from proxy.errors import APIError, bad_request
 from proxy.meter import NetTally, RequestLog, RequestMeter, Timeline
@@ -221,7 +221,7 @@ def finish(request: web.Request, route: Route, meter: RequestMeter, status: int,
     if meter.timeline is not None:
         record["trace"] = meter.trace(route.backend.in_process)
     if route.session:
-        route.session.add(record)
+        route.session.add(record, meter.net.charge, route.up or route.down)
     request.app[LOG].write(record)
     return record
 
@@ -457,10 +457,14 @@ async def end_session(request: web.Request) -> web.Response:
         tally = NetTally()
         nbytes = len(answer.encode())
         await sleep_until(s.device.send("down", time.perf_counter(), nbytes, tally))
+        s.charges.append((s.device, tally.charge))
         out["bytes_down"] += nbytes
         out["net_delay_s"] += tally.added_s
-        out["radio_j"] += tally.radio_j
         out["final_answer_delay_s"] = tally.added_s
+    # Exact, not projected: the reply waits until the session's last radio tail has run out
+    # or been cut (see docs/energy.md), so radio_j is energy the radio really spent.
+    out["radio_settle_wait_s"] = await settle(s.charges)
+    out.update(s.radio())
     return web.json_response(out, dumps=lambda o: orjson.dumps(o).decode())
 
 

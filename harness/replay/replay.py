@@ -38,7 +38,7 @@ from proxy.config import load as load_config
 from proxy.device import Device
 from proxy.energy import ComputeEnergy
 from proxy.link import DELAY_PARTS, presets_from_config
-from proxy.meter import NetTally
+from proxy.meter import NetTally, radio_fields
 from proxy.radio import RADIO_PROFILES
 from proxy.router import Session as ProxySession
 
@@ -61,20 +61,14 @@ class Replayer:
     def device_rows(self, device: str, sessions: list[tr.Session]) -> list[dict]:
         """One device's sessions, in recorded order, on one link and radio."""
         dev = None if self.mode == "local" else Device(self.network, self.preset, f"{self.seed}:{device}")
-        rows, charges = [], []
+        rows = []
         t, base, prev = 0.0, sessions[0].started_at, None
         for s in sessions:
             if prev is not None:
                 t += max(0.0, s.started_at - prev.recorded_end)  # grading, setup: the recorded gap
-            row, session_charges, t = self.session(s, dev, t, base)
+            row, t = self.session(s, dev, t, base)
             rows.append(row)
-            charges.append(session_charges)
             prev = s
-        if dev is not None:  # settle every provisional tail: what the radio really spent per session
-            radio = dev.link.radio
-            radio.advance(t + radio.profile.tail_s + 1.0)
-            for row, cs in zip(rows, charges):
-                row["radio_settled_j"] = sum(c.total_j for c in cs)
         return rows
 
     def session(self, s: tr.Session, dev: Device | None, t0: float, base: float):
@@ -82,7 +76,7 @@ class Replayer:
         promotions0 = radio.promotions if radio else 0
         psession = ProxySession(s.id, self.mode, self.network, dev)
         t = t0 + s.lead_s
-        llm_calls, charges, error = [], [], None
+        llm_calls, error = [], None
         for i, c in enumerate(s.calls):
             if dev is None:
                 up = down = None
@@ -91,8 +85,7 @@ class Replayer:
             else:  # cloud: only the task goes up, with the first call
                 up, down = (dev if i == 0 else None), None
             record, client = self.call(c, s, t, up, down, base, i)
-            charges.append(record.pop("_charge"))
-            psession.add(record)
+            psession.add(record, record.pop("_charge"), up or down)
             llm_calls.append(client)
             if s.timeout_s is not None and client["e2e_s"] > s.timeout_s and error is None:
                 error = (f"replayed call {i + 1} takes {client['e2e_s']:.1f} s, past the client's "
@@ -104,11 +97,18 @@ class Replayer:
             tally = NetTally()
             nbytes = s.final_answer_bytes or 0
             t = dev.send("down", t, nbytes, tally)
-            charges.append(tally.charge)
+            psession.charges.append((dev, tally.charge))
             out["bytes_down"] += nbytes
             out["net_delay_s"] += tally.added_s
-            out["radio_j"] += tally.radio_j
             out["final_answer_delay_s"] = tally.added_s
+        # As the proxy's session end: wait for the last tail, so radio_j is what was spent
+        # (proxy.device.settle); the wait delays the next session, not this one's wall time.
+        wait = 0.0
+        if radio is not None and any(ch.pending for _, ch in psession.charges):
+            wait = max(0.0, radio.quiet_at - t)
+            radio.advance(t + wait)
+        out["radio_settle_wait_s"] = wait
+        out.update(psession.radio())
         t += s.end_s
         task = s.task
         row = {
@@ -129,7 +129,7 @@ class Replayer:
             "replay": {"recorded_mode": s.mode, "recorded_network": s.network, "recorded_wall_s": s.wall_s,
                        "source": s.source, "seed": self.seed, "flags": s.flags},
         }
-        return row, charges, t
+        return row, t + wait
 
     def call(self, c: tr.Call, s: tr.Session, t: float, up: Device | None, down: Device | None,
              base: float, i: int) -> tuple[dict, dict]:
@@ -167,7 +167,7 @@ class Replayer:
             "bytes_up": c.bytes_up, "bytes_down": sum(f[1] for f in c.frames),
             "net_delay_s": {"total": tally.added_s,
                             **{p: getattr(tally.up, p) + getattr(tally.down, p) for p in DELAY_PARTS}},
-            "radio_j": tally.radio_j, "compute_j": compute_j, "compute_energy_method": method, "cpu_s": c.cpu_s,
+            **radio_fields(tally.charge), "compute_j": compute_j, "compute_energy_method": method, "cpu_s": c.cpu_s,
             "energy_per_token_j": ((tally.radio_j + compute_j) / c.completion_tokens
                                    if c.completion_tokens and (tally.radio_j or compute_j) else None),
             "promotions": (radio.promotions - promotions0) if radio else 0, "replayed": True,
@@ -291,7 +291,7 @@ def main(argv: list[str]) -> int:
     tmp.write_text(json.dumps(run_info, indent=2))
     os.replace(tmp, out / "run.json")
     if not args.no_report:
-        from . import report
+        from harness.agents import report
         report.write_report(out, with_plots=not args.no_plots)
 
     reasons = Counter(f.split(":", 1)[0] for s in flagged for f in s.flags)

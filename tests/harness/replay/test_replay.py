@@ -16,6 +16,7 @@ from harness.replay import trace as tr
 from harness.agents.results import read_rows
 from proxy.energy import ComputeEnergy
 from proxy.link import HEADER, presets_from_config
+from proxy.radio import LTE
 from tests.conftest import make_config, wait_ready
 from tests.fake_upstream import chunk
 
@@ -89,8 +90,12 @@ def test_fixed_delay_preset_adds_promotion_and_link_delays_exactly():
     assert row["promotions"] == 1 and c2["promotions"] == 0
     net = c1["net_delay_s"]["total"] + c2["net_delay_s"]["total"]
     assert row["net_delay_s"] == pytest.approx(net) and row["wall_s"] == pytest.approx(s.wall_s + net)
-    assert c1["radio_j"] > 10  # promotion, active time and LTE's full ~10 s tail, provisional as in the proxy
-    assert 0 < row["radio_settled_j"] < row["radio_j"]  # the second call cut the first one's tail short
+    # each record shows its tail as provisional, as the proxy's do; the session's total is settled
+    assert not c1["radio_settled"] and c1["radio_tail_provisional_j"] == pytest.approx(LTE.tail_j)
+    assert row["session_record"]["radio_tail_provisional_j"] == 0
+    cut = row["radio_j"] - c1["radio_j"] - c2["radio_j"] - LTE.tail_j  # c1's tail, cut short by c2
+    assert 0 < cut < 0.6 * LTE.base_w  # ~0.5 s of tail between the calls, at most at the CR-tail power
+    assert row["radio_j"] < sum(c["radio_j"] + c["radio_tail_provisional_j"] for c in (c1, c2)) - 9
 
 
 def test_cloud_mode_charges_only_the_task_up_and_the_answer_down():
@@ -117,10 +122,14 @@ def test_same_seed_same_replay_other_seed_other_draws():
     assert run_(7) != run_(8)
 
 
-def test_sessions_of_a_device_share_its_radio_in_recorded_order():
-    near = [session("a", started_at=1000.0), session("b", started_at=1000.0 + 1.3 + 2.0)]  # 2 s apart: in the tail
+def test_session_end_waits_out_the_tail_so_the_next_session_starts_idle():
+    near = [session("a", started_at=1000.0), session("b", started_at=1000.0 + 1.3 + 2.0)]  # 2 s apart
     rows = replay.sweep(near, ["hybrid"], [PRESETS["fixed4g"]], 0, ENERGY)
-    assert [r["promotions"] for r in rows] == [1, 0]
+    assert [r["promotions"] for r in rows] == [1, 1]  # as live: the end waited for a's tail
+    a = rows[0]["session_record"]
+    assert a["radio_settle_wait_s"] == pytest.approx(LTE.tail_s, abs=0.05)  # ends right after its last frame
+    assert a["radio_tail_j"] > LTE.tail_j  # its whole last tail, plus the cut-short ones before
+    assert rows[0]["wall_s"] < 5  # the wait is not the task's time
     apart = [session("a", started_at=1000.0), session("b", started_at=1000.0 + 1.3 + 30.0)]  # past the tail
     assert [r["promotions"] for r in replay.sweep(apart, ["hybrid"], [PRESETS["fixed4g"]], 0, ENERGY)] == [1, 1]
 
