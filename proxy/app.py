@@ -26,6 +26,7 @@ from proxy.device import Devices, settle
 from proxy.energy import ComputeEnergy
 from proxy.errors import APIError, bad_request
 from proxy.meter import NetTally, RequestLog, RequestMeter, Timeline
+from proxy.profiles import device_energy
 from proxy.router import Route, Router
 
 log = logging.getLogger("edgemeter")
@@ -451,6 +452,9 @@ async def end_session(request: web.Request) -> web.Response:
     answer = body.get("final_answer", "") if isinstance(body, dict) else None
     if not isinstance(answer, str):
         raise bad_request("'final_answer' must be a string", "final_answer", "invalid_type")
+    tool_cpu_s = body.get("tool_cpu_s", 0.0)
+    if isinstance(tool_cpu_s, bool) or not isinstance(tool_cpu_s, (int, float)) or not 0 <= tool_cpu_s < 1e9:
+        raise bad_request("'tool_cpu_s' must be a non-negative number of seconds", "tool_cpu_s", "invalid_value")
     s = request.app[ROUTER].end_session(request.match_info["session_id"])
     out = {"session": s.id, "mode": s.mode, "network": s.network, "calls": s.calls, **s.totals}
     if s.mode == "cloud" and s.device is not None:
@@ -461,10 +465,17 @@ async def end_session(request: web.Request) -> web.Response:
         out["bytes_down"] += nbytes
         out["net_delay_s"] += tally.added_s
         out["final_answer_delay_s"] = tally.added_s
+    wall_s = time.perf_counter() - s.started
     # Exact, not projected: the reply waits until the session's last radio tail has run out
     # or been cut (see docs/energy.md), so radio_j is energy the radio really spent.
     out["radio_settle_wait_s"] = await settle(s.charges)
     out.update(s.radio())
+    energy = request.app[ENERGY]
+    out.update(wall_s=wall_s, tool_cpu_s=tool_cpu_s, **device_energy(
+        energy.profile, s.mode, wall_s, out["compute_j"], tool_cpu_s, out["radio_j"], energy.tool_core_w))
+    for part in ("baseline", "compute", "tools", "radio"):
+        if out[f"{part}_j"]:
+            metrics.DEVICE_ENERGY.labels(s.mode, s.network, part).inc(out[f"{part}_j"])
     return web.json_response(out, dumps=lambda o: orjson.dumps(o).decode())
 
 

@@ -28,6 +28,8 @@ import threading
 import time
 from pathlib import Path
 
+from proxy.profiles import PROFILES, generation_j
+
 TDP_W = 85.0            # CodeCarbon's TDP when the CPU model is unknown (POWER_CONSTANT)
 TDP_SHARE = 0.5         # CodeCarbon constant mode: average power = 50% of TDP
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -99,7 +101,7 @@ def busy_cpu_s(path: str | Path = "/proc/stat") -> float | None:
     return (sum(ticks) - ticks[3] - ticks[4]) / _CLK_TCK
 
 
-_KEYS = {"method", "rapl_root", "tdp_w", "cores", "watts_per_core", "sample_s"}
+_KEYS = {"method", "rapl_root", "tdp_w", "cores", "watts_per_core", "sample_s", "device"}
 
 
 class ComputeEnergy:
@@ -108,13 +110,16 @@ class ComputeEnergy:
     ``cpu_s`` is the request's CPU-seconds (all threads of its generation); the interval
     is on ``time.perf_counter()``. ``method`` is "rapl", "nvml" or "estimate"; a request
     older than the sample history (or with no share data) falls back to the estimate
-    and says so.
+    and says so. With a device profile other than ``host`` (``energy.device``), generation
+    is charged at the profile's power over the host's generation time instead, method
+    ``profile:NAME``: the host's speed, the device's power (only replay rescales time).
     """
 
     def __init__(self, method: str = "estimate", sensor: Rapl | Nvml | None = None, *,
                  watts_per_core: float | None = None, sample_s: float | None = 0.1,
-                 keep_s: float = 600.0, stat_path: str | Path = "/proc/stat"):
+                 keep_s: float = 600.0, stat_path: str | Path = "/proc/stat", device: str = "host"):
         self.method = method
+        self.profile = PROFILES[device]
         self.watts_per_core = watts_per_core if watts_per_core is not None else \
             TDP_SHARE * TDP_W / (os.cpu_count() or 1)
         self._sensor = sensor
@@ -133,7 +138,8 @@ class ComputeEnergy:
     def from_config(cls, cfg: dict | None) -> ComputeEnergy:
         """Build from config.yaml's ``energy:`` section (all keys optional):
         method: auto|rapl|nvml|estimate (auto tries rapl, then nvml, then estimates),
-        rapl_root, tdp_w, cores, watts_per_core (overrides tdp_w/cores), sample_s."""
+        rapl_root, tdp_w, cores, watts_per_core (overrides tdp_w/cores), sample_s,
+        device: a proxy.profiles name (default host)."""
         cfg = dict(cfg or {})
         unknown = set(cfg) - _KEYS
         if unknown:
@@ -148,7 +154,12 @@ class ComputeEnergy:
         wpc = cfg.get("watts_per_core")
         if wpc is None:
             wpc = TDP_SHARE * cfg.get("tdp_w", TDP_W) / cfg.get("cores", os.cpu_count() or 1)
-        opts = {"watts_per_core": wpc, "sample_s": cfg.get("sample_s", 0.1)}
+        device = cfg.get("device", "host")
+        if device not in PROFILES:
+            raise ValueError(f"energy.device: unknown profile {device!r} (known: {', '.join(PROFILES)})")
+        opts = {"watts_per_core": wpc, "sample_s": cfg.get("sample_s", 0.1), "device": device}
+        if device != "host":  # a modelled device: its profile's power, no sensor to sample
+            return cls("profile", **opts)
         makers = {"rapl": lambda: Rapl(cfg.get("rapl_root", "/sys/class/powercap")), "nvml": Nvml}
         for name in (("rapl", "nvml") if method == "auto" else (method,) if method != "estimate" else ()):
             try:
@@ -160,6 +171,11 @@ class ComputeEnergy:
 
     def estimate_j(self, cpu_s: float) -> float:
         return cpu_s * self.watts_per_core
+
+    @property
+    def tool_core_w(self) -> float:
+        """Power of one busy core running the agent's tools on the device."""
+        return self.watts_per_core if self.profile.name == "host" else self.profile.cpu_core_w
 
     def sample(self, t: float | None = None) -> None:
         """Record a sensor reading at t (default now)."""
@@ -176,6 +192,8 @@ class ComputeEnergy:
                 del self._t[:self._keep], self._e[:self._keep], self._busy[:self._keep]
 
     def joules(self, cpu_s: float, t_start: float, t_end: float) -> tuple[float, str]:
+        if self.profile.name != "host":
+            return generation_j(self.profile, max(0.0, t_end - t_start)), f"profile:{self.profile.name}"
         if self._sensor is None:
             return self.estimate_j(cpu_s), "estimate"
         if not self._t or t_end > self._t[-1]:

@@ -34,6 +34,7 @@ class Session:
     network: str
     device: Device | None
     last_seen: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=time.perf_counter)  # the task's first call arrived
     calls: int = 0
     uplinked: bool = False
     totals: dict = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0, "bytes_up": 0,

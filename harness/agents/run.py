@@ -37,6 +37,8 @@ H_MODE, H_NETWORK, H_DEVICE, H_SESSION = ("X-Edgemeter-Mode", "X-Edgemeter-Netwo
                                           "X-Edgemeter-Session")
 MODES = ("local", "hybrid", "cloud")
 _ENERGY_KEYS = ("radio_j", "compute_j", "bytes_up", "bytes_down")
+# the proxy's device-energy ledger (proxy.profiles.device_energy), taken whole from the session record
+_DEVICE_KEYS = ("baseline_j", "tools_j", "device_j", "device_profile", "tool_cpu_s")
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,11 @@ def task_totals(llm_calls: list[dict], session: dict | None) -> dict:
         for k in _ENERGY_KEYS:
             t[k] = float(session.get(k) or 0)
         t["metered"], t["energy_source"], t["radio_settled"] = True, "session", True
-    t["energy_j"] = None if t["radio_j"] is None else t["radio_j"] + (t["compute_j"] or 0.0)
+    for k in _DEVICE_KEYS:
+        t[k] = (session or {}).get(k)
+    # the device ledger when the proxy gave one; else what the calls alone show (radio + compute)
+    t["energy_j"] = t["device_j"] if t["device_j"] is not None else \
+        None if t["radio_j"] is None else t["radio_j"] + (t["compute_j"] or 0.0)
     return t
 
 
@@ -179,7 +185,8 @@ class Runner:
         try:
             out = await agent.solve(self.client, Toolbox(self.sandbox, Workspace(ws)), job.task,
                                     self.agent_config(job.combo, job.sample), headers)
-            record = await self.client.end_session(session, out.answer or "", headers=headers)
+            record = await self.client.end_session(session, out.answer or "", headers=headers,
+                                                   tool_cpu_s=sum(t.get("cpu_s") or 0.0 for t in out.tool_calls))
             # the proxy holds the reply until the radio tail has run out: the device's energy, not the task's time
             wall = time.perf_counter() - t0 - float((record or {}).get("radio_settle_wait_s") or 0.0)
             g = await grading.agrade(job.task, out.answer, self.sandbox)

@@ -182,6 +182,7 @@ def _child(job):
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
+    status["cpu_s"] = sum(os.times()[:2])  # this child's user + system CPU (fork starts it at 0)
     _send(result=status)
     os._exit(0)
 

@@ -14,7 +14,13 @@ radio) on a virtual clock, exactly as the proxy's handlers do:
   cloud   the first call's request (the task) goes up; the others and their frames stay in
           the datacenter; the final answer comes down when the session ends.
   local   nothing crosses the link; compute energy is the recording's (or an estimate from
-          its CPU-seconds when it was recorded on another mode).
+          its CPU-seconds when it was recorded on another mode). With ``--device-profile``
+          the model runs on that device instead: each call's prefill and decode take the
+          profile's token rates (throttled after its sustained-compute limit, counted over
+          the session's generation), and its generation energy is the profile's power.
+
+Every session gets the proxy's device-energy ledger (proxy.profiles.device_energy):
+baseline power x wall time + on-device generation + on-device tools + settled radio.
 
 The next call is sent the recorded client and tool time after the previous one returned.
 Sessions of one device run one after another with their recorded gaps, so the radio's tail
@@ -40,6 +46,7 @@ from proxy.energy import ComputeEnergy
 from proxy.link import DELAY_PARTS, presets_from_config
 from proxy.meter import NetTally, radio_fields
 from proxy.radio import RADIO_PROFILES
+from proxy.profiles import PROFILES, DeviceProfile, device_energy, generation_j
 from proxy.router import Session as ProxySession
 
 from harness.replay import trace as tr
@@ -57,6 +64,9 @@ class Replayer:
     def __init__(self, mode: str, preset, seed: int | str, energy: ComputeEnergy):
         self.mode, self.preset, self.seed, self.energy = mode, preset, seed, energy
         self.network = preset.name
+        self.profile = energy.profile
+        # the model on a modelled device: its timing comes from the profile, not the recording
+        self.rescale = mode == "local" and self.profile.name != "host"
 
     def device_rows(self, device: str, sessions: list[tr.Session]) -> list[dict]:
         """One device's sessions, in recorded order, on one link and radio."""
@@ -77,7 +87,11 @@ class Replayer:
         psession = ProxySession(s.id, self.mode, self.network, dev)
         t = t0 + s.lead_s
         llm_calls, error = [], None
+        generated_s = 0.0  # the session's generation so far, for the profile's throttling
         for i, c in enumerate(s.calls):
+            if self.rescale:
+                c, gen_s = on_device(c, self.profile, generated_s)
+                generated_s += gen_s
             if dev is None:
                 up = down = None
             elif self.mode == "hybrid" or s.one_call:
@@ -110,6 +124,10 @@ class Replayer:
         out["radio_settle_wait_s"] = wait
         out.update(psession.radio())
         t += s.end_s
+        tool_cpu = s.tool_cpu_s if s.tool_cpu_s is not None else (s.tool_s or 0.0)  # unrecorded: wall as a bound
+        out.update(wall_s=t - t0, tool_cpu_s=tool_cpu, tool_cpu_recorded=s.tool_cpu_s is not None,
+                   **device_energy(self.profile, self.mode, t - t0, out["compute_j"], tool_cpu, out["radio_j"],
+                                   self.energy.tool_core_w))
         task = s.task
         row = {
             "dataset": task.get("dataset"), "task_id": task.get("task_id"), "sample": task.get("sample"),
@@ -152,7 +170,9 @@ class Replayer:
         if c.completion_tokens > 1 and c.stream:
             tpot = (deliveries[-1] - deliveries[0]) / (c.completion_tokens - 1)
         compute_j, method = 0.0, None
-        if self.mode == "local" and c.in_process:
+        if self.rescale:
+            compute_j, method = generation_j(self.profile, c.cpu_s), f"profile:{self.profile.name}"
+        elif self.mode == "local" and c.in_process:
             if c.compute_method is not None and c.compute_j is not None:
                 compute_j, method = c.compute_j, c.compute_method
             elif c.cpu_s:
@@ -186,6 +206,23 @@ class Replayer:
         return record, client
 
 
+def on_device(c: tr.Call, p: DeviceProfile, generated_s: float) -> tuple[tr.Call, float]:
+    """The call generated on device ``p``: prefill at its prefill rate, then each token at its
+    decode rate, which drops to ``p.throttled`` of itself once the session has generated for
+    ``p.throttle_after_s``. Frames keep their bytes and tokens; their times are the profile's.
+    Returns the call (its ``cpu_s`` now holds the generation seconds) and those seconds."""
+    t = c.prompt_tokens / p.prefill_tok_s
+    frames = []
+    for _, nbytes, tokens in c.frames:
+        for _ in range(tokens):
+            throttled = generated_s + t >= p.throttle_after_s
+            t += 1.0 / (p.decode_tok_s * (p.throttled if throttled else 1.0))
+        frames.append([t, nbytes, tokens])
+    first = next((f[0] for f in frames if f[2]), None)
+    return dataclasses.replace(c, frames=frames, first_token_s=first, queue_s=0.0, cpu_s=t,
+                               compute_j=None, compute_method=None), t
+
+
 def group_by_device(sessions: list[tr.Session]) -> dict[str, list[tr.Session]]:
     groups: dict[str, list[tr.Session]] = defaultdict(list)
     for s in sorted(sessions, key=lambda s: s.started_at):
@@ -214,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--modes", default=",".join(MODES), help="comma-separated deployment modes (default: all)")
     a("--networks", help="comma-separated network presets (default: every preset known)")
     a("--radio", choices=sorted(RADIO_PROFILES), help="radio profile for every preset (default: each preset's own)")
+    a("--device-profile", choices=sorted(PROFILES),
+      help="device whose energy (and, in local mode, generation speed) to use (default: --config's energy.device)")
     a("--seed", default="0", help="seeds the simulated network as the proxy's server.seed does (default 0)")
     a("--config", help="config.yaml whose networks: and energy: sections to use")
     a("--keep-flagged", action="store_true", help="replay sessions that violate replay's assumptions too "
@@ -251,7 +290,8 @@ def main(argv: list[str]) -> int:
             raise SystemExit(f"replay: unknown network preset {n!r} (known: {', '.join(presets)})")
     chosen = [dataclasses.replace(presets[n], radio=args.radio) if args.radio else presets[n] for n in names]
     seed = int(args.seed) if args.seed.lstrip("-").isdigit() else args.seed
-    energy = ComputeEnergy.from_config({**(config.energy if config else {}), "method": "estimate"})
+    device = {"device": args.device_profile} if args.device_profile else {}
+    energy = ComputeEnergy.from_config({**(config.energy if config else {}), "method": "estimate", **device})
 
     sessions = []
     for path in args.traces:
