@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import json
 
 import orjson
@@ -16,6 +17,7 @@ from harness.replay import trace as tr
 from harness.agents.results import read_rows
 from proxy.energy import ComputeEnergy
 from proxy.link import HEADER, presets_from_config
+from proxy.profiles import PROFILES
 from proxy.radio import LTE
 from tests.conftest import make_config, wait_ready
 from tests.fake_upstream import chunk
@@ -262,3 +264,25 @@ def test_trace_files_keep_every_field():
     bad["version"] = 99
     with pytest.raises(ValueError, match="version"):
         tr.Session.from_json(bad)
+
+
+def test_device_profile_regenerates_local_calls_at_its_token_rates_and_throttles():
+    phone = PROFILES["phone"]
+    energy = ComputeEnergy.from_config({"method": "estimate", "device": "phone"})
+    s = session(tool_cpu_s=0.25)
+    (row,) = replay.Replayer("local", PRESETS["4g"], 0, energy).device_rows(s.device, [s])
+    c1, c2 = (c["edgemeter"] for c in row["llm_calls"])
+    prefill, tok = 20 / phone.prefill_tok_s, 1 / phone.decode_tok_s
+    assert c1["backend_ttft_s"] == pytest.approx(prefill + tok)
+    assert c1["e2e_s"] == pytest.approx(prefill + 3 * tok + 0.002)  # last frame + the recorded tail
+    assert c1["compute_j"] == pytest.approx(phone.generating_w * (prefill + 3 * tok))
+    assert c1["compute_energy_method"] == "profile:phone"
+    sr = row["session_record"]
+    assert sr["tools_j"] == pytest.approx(0.25 * phone.cpu_core_w)
+    assert sr["baseline_j"] == pytest.approx(phone.baseline_w * row["wall_s"])
+    assert row["energy_j"] == pytest.approx(sr["baseline_j"] + row["compute_j"] + sr["tools_j"] + row["radio_j"])
+    # a phone that throttles during call 2's third token: 2 prefills + 4.5 tokens into the session
+    slow = dataclasses.replace(phone, throttle_after_s=2 * prefill + 4.5 * tok)
+    c, gen = replay.on_device(s.calls[1], slow, prefill + 3 * tok)
+    assert gen == pytest.approx(prefill + 2 * tok + tok / slow.throttled)
+    assert [f[0] for f in c.frames][-1] == pytest.approx(gen)

@@ -1,0 +1,71 @@
+"""The device-energy ledger: one formula in every mode, each part against injected truth."""
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from proxy.energy import ComputeEnergy
+from proxy.profiles import PROFILES, device_energy
+from tests.fake_upstream import make_app
+
+PHONE = PROFILES["phone"]
+
+
+def test_every_profile_is_complete_and_positive():
+    assert {"phone", "laptop", "jetson", "host"} <= PROFILES.keys()
+    for p in PROFILES.values():
+        if p.name != "host":
+            assert p.baseline_w > 0 and p.generating_w > 0 and p.cpu_core_w > 0
+            assert p.prefill_tok_s > 0 and p.decode_tok_s > 0 and 0 < p.throttled <= 1
+
+
+@pytest.mark.parametrize("mode, tools_on_device", [("local", True), ("hybrid", True), ("cloud", False)])
+def test_ledger_is_the_same_formula_in_every_mode(mode, tools_on_device):
+    e = device_energy(PHONE, mode, wall_s=12.5, compute_j=7.0, tool_cpu_s=2.0, radio_j=3.25)
+    tools = 2.0 * PHONE.cpu_core_w if tools_on_device else 0.0
+    assert e["baseline_j"] == 12.5 * PHONE.baseline_w
+    assert e["tools_j"] == tools
+    assert e["device_j"] == pytest.approx(12.5 * PHONE.baseline_w + 7.0 + tools + 3.25, abs=1e-12)
+    assert e["device_profile"] == "phone"
+
+
+def test_device_profile_charges_its_power_over_the_generation_time():
+    e = ComputeEnergy.from_config({"device": "phone"})
+    assert e.method == "profile"
+    assert e.joules(cpu_s=99.0, t_start=10.0, t_end=12.5) == (2.5 * PHONE.generating_w, "profile:phone")
+    assert e.tool_core_w == PHONE.cpu_core_w
+    host = ComputeEnergy.from_config({"method": "estimate", "watts_per_core": 3.0})
+    assert host.profile.name == "host" and host.tool_core_w == 3.0
+    with pytest.raises(ValueError, match="energy.device: unknown profile 'toaster'"):
+        ComputeEnergy.from_config({"device": "toaster"})
+
+
+@pytest.fixture
+async def proxy(aiohttp_server, proxy_client):
+    up = await aiohttp_server(make_app())
+    models = {"echo": {"backend": "upstream", "base_url": str(up.make_url("/v1")), "model": "echo"}}
+    return await proxy_client(models, energy={"device": "phone"})
+
+
+async def end(proxy, sid, mode, **body):
+    h = {"Content-Type": "application/json", "X-Edgemeter-Mode": mode, "X-Edgemeter-Network": "local", "X-Edgemeter-Session": sid,
+         "X-Edgemeter-Device": f"dev-{sid}"}
+    r = await proxy.post("/v1/chat/completions", data=orjson.dumps(
+        {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}), headers=h)
+    assert r.status == 200
+    r = await proxy.post(f"/edgemeter/v1/sessions/{sid}/end", json={"final_answer": "42", **body})
+    return r.status, await r.json()
+
+
+@pytest.mark.parametrize("mode", ["local", "hybrid", "cloud"])
+async def test_session_end_reports_each_part_of_device_energy(proxy, mode):
+    status, s = await end(proxy, f"s-{mode}", mode, tool_cpu_s=2.0)
+    assert status == 200 and s["device_profile"] == "phone"
+    assert s["baseline_j"] == pytest.approx(PHONE.baseline_w * s["wall_s"], rel=1e-12) and s["wall_s"] > 0
+    assert s["tools_j"] == (2.0 * PHONE.cpu_core_w if mode != "cloud" else 0.0)
+    assert s["device_j"] == pytest.approx(s["baseline_j"] + s["compute_j"] + s["tools_j"] + s["radio_j"])
+
+
+async def test_session_end_rejects_bad_tool_time(proxy):
+    status, body = await end(proxy, "bad", "hybrid", tool_cpu_s=-1)
+    assert status == 400 and body["error"]["param"] == "tool_cpu_s"
