@@ -352,7 +352,7 @@ def network_energy() -> dict:
                     target(f"sum({rate('edgemeter_compute_energy_joules_total')})", "compute")], "watt",
                    w=8, stack=True),
         timeseries("Compute power by model and method",
-                   "On-device compute joules per second; method says measured (rapl, nvml) or estimated.",
+                   "On-device compute joules per second; method says measured (zeus), a device profile (profile:NAME) or estimated.",
                    [target(f"sum by (model, method) ({rate('edgemeter_compute_energy_joules_total')})",
                            "{{model}} ({{method}})")], "watt", w=8),
         timeseries("Energy per token", "Per request: (radio + on-device compute joules) / generated tokens.",

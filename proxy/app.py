@@ -153,6 +153,8 @@ async def generate(request: web.Request, kind: str) -> web.StreamResponse:
     (validate.chat if kind == "chat" else validate.completion)(body)
     route = request.app[ROUTER].route(request.headers, body["model"])
     meter = RequestMeter(*route.labels, route.device_id, route.session and route.session.id, t_received, nbytes)
+    if route.mode == "local" and route.backend.in_process:  # the generation runs on the device: charge it
+        meter.energy = request.app[ENERGY]
     stream = body.get("stream", False)
     response = None
     try:
@@ -215,9 +217,7 @@ async def primed(events):
 def finish(request: web.Request, route: Route, meter: RequestMeter, status: int, cause: str | None) -> dict:
     if meter.t_end is not None:
         return {}
-    if meter.cpu_s and route.mode == "local" and route.backend.in_process:
-        meter.compute_j, meter.compute_method = request.app[ENERGY].joules(meter.cpu_s, meter.t_scheduled or
-                                                                           meter.t_received, time.perf_counter())
+    meter.close_energy(time.perf_counter())
     record = meter.finish(status, cause)
     if meter.timeline is not None:
         record["trace"] = meter.trace(route.backend.in_process)

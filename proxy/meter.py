@@ -80,7 +80,7 @@ class RequestMeter:
                  "t_received", "t_backend", "t_scheduled", "t_first_token", "t_backend_first", "t_last_token",
                  "t_end", "last_delivery", "itl_child", "prompt_tokens", "completion_tokens", "usage_source",
                  "bytes_up", "bytes_down", "net", "cpu_s", "compute_j", "compute_method", "finish_reason",
-                 "chunks", "timeline", "_running")
+                 "chunks", "timeline", "energy", "window", "_running")
 
     def __init__(self, model: str, backend: str, mode: str, network: str, device: str, session: str | None,
                  t_received: float, bytes_up: int):
@@ -103,6 +103,8 @@ class RequestMeter:
         self.finish_reason = None
         self.chunks = 0
         self.timeline = None  # a Timeline when server.record_traces is on
+        self.energy = None    # a proxy.energy.ComputeEnergy when the generation runs on the device
+        self.window = None    # its share of the meter, open from when the generation got its slot
         self._running = child(m.RUNNING, *self.labels)
         self._running.inc()
 
@@ -114,6 +116,16 @@ class RequestMeter:
 
     def scheduled(self, t: float) -> None:
         self.t_scheduled = t
+        if self.energy is not None:
+            self.window = self.energy.begin(t)
+
+    def close_energy(self, t: float) -> None:
+        """The generation is over: take its compute energy (its share of the meter, or the
+        profile's or the estimate's figure) and close its window."""
+        if self.energy is not None:
+            window = self.window or self.energy.begin(self.t_received)  # a backend that never said Scheduled
+            self.compute_j, self.compute_method = self.energy.end(window, self.cpu_s, t)
+            self.energy = None
 
     def produced(self, t: float) -> None:
         """A token left the backend (before any simulated network)."""

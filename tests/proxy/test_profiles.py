@@ -32,7 +32,7 @@ def test_ledger_is_the_same_formula_in_every_mode(mode, tools_on_device):
 def test_device_profile_charges_its_power_over_the_generation_time():
     e = ComputeEnergy.from_config({"device": "phone"})
     assert e.method == "profile"
-    assert e.joules(cpu_s=99.0, t_start=10.0, t_end=12.5) == (2.5 * PHONE.generating_w, "profile:phone")
+    assert e.end(e.begin(10.0), cpu_s=99.0, t=12.5) == (2.5 * PHONE.generating_w, "profile:phone")
     assert e.tool_core_w == PHONE.cpu_core_w
     host = ComputeEnergy.from_config({"method": "estimate", "watts_per_core": 3.0})
     assert host.profile.name == "host" and host.tool_core_w == 3.0
