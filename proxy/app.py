@@ -219,6 +219,7 @@ def finish(request: web.Request, route: Route, meter: RequestMeter, status: int,
         return {}
     meter.close_energy(time.perf_counter())
     record = meter.finish(status, cause)
+    record.update(request.app[ENERGY].cloud_cost(route.model, route.mode, meter.prompt_tokens, meter.completion_tokens))
     if meter.timeline is not None:
         record["trace"] = meter.trace(route.backend.in_process)
     if route.session:

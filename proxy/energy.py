@@ -28,7 +28,7 @@ import time
 from glob import glob
 from pathlib import Path
 
-from proxy.profiles import PROFILES, generation_j
+from proxy.profiles import CLOUD_MODES, PROFILES, CloudCost, generation_j
 
 TDP_W = 85.0            # CodeCarbon's TDP when the CPU model is unknown (POWER_CONSTANT)
 TDP_SHARE = 0.5         # CodeCarbon constant mode: average power = 50% of TDP
@@ -100,7 +100,25 @@ class Window:
         self.joules = 0.0
 
 
-_KEYS = {"method", "rapl_root", "tdp_w", "cores", "watts_per_core", "sample_s", "device"}
+_KEYS = {"method", "rapl_root", "tdp_w", "cores", "watts_per_core", "sample_s", "device", "cloud"}
+
+
+def cloud_costs(cfg) -> dict[str, CloudCost]:
+    """``energy.cloud``: {model: {usd_per_mtok_in, usd_per_mtok_out, dc_j_per_output_token}}."""
+    if cfg is None:
+        return {}
+    if not isinstance(cfg, dict):
+        raise ValueError("energy.cloud: must be a mapping of model name to its cloud cost")
+    out = {}
+    known = set(CloudCost.__dataclass_fields__)
+    for model, spec in cfg.items():
+        if not isinstance(spec, dict) or set(spec) - known:
+            raise ValueError(f"energy.cloud.{model}: must be a mapping with keys {', '.join(sorted(known))}")
+        for k, v in spec.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise ValueError(f"energy.cloud.{model}.{k}: must be a non-negative number, got {v!r}")
+        out[model] = CloudCost(**spec)
+    return out
 
 
 class ComputeEnergy:
@@ -116,6 +134,7 @@ class ComputeEnergy:
                  watts_per_core: float | None = None, sample_s: float | None = 0.1, device: str = "host"):
         self.method = method
         self.profile = PROFILES[device]
+        self.cloud: dict[str, CloudCost] = {}
         self.watts_per_core = watts_per_core if watts_per_core is not None else \
             TDP_SHARE * TDP_W / (os.cpu_count() or 1)
         self._sensor = sensor
@@ -151,15 +170,26 @@ class ComputeEnergy:
         if device not in PROFILES:
             raise ValueError(f"energy.device: unknown profile {device!r} (known: {', '.join(PROFILES)})")
         opts = {"watts_per_core": wpc, "sample_s": cfg.get("sample_s", 0.1), "device": device}
+        cloud = cloud_costs(cfg.get("cloud"))
         if device != "host":  # a modelled device: its profile's power, no meter to read
-            return cls("profile", **opts)
-        if method != "estimate":
+            e = cls("profile", **opts)
+        elif method == "estimate":
+            e = cls("estimate", **opts)
+        else:
             try:
-                return cls("zeus", ZeusMeter(cfg.get("rapl_root")), **opts)
-            except SensorUnavailable as e:
+                e = cls("zeus", ZeusMeter(cfg.get("rapl_root")), **opts)
+            except SensorUnavailable as err:
                 if method == "zeus":
-                    raise ValueError(f"energy.method: zeus is unavailable: {e}") from None
-        return cls("estimate", **opts)
+                    raise ValueError(f"energy.method: zeus is unavailable: {err}") from None
+                e = cls("estimate", **opts)
+        e.cloud = cloud
+        return e
+
+    def cloud_cost(self, model: str, mode: str, prompt_tokens: int, completion_tokens: int) -> dict:
+        """The call's cloud-side price and datacenter energy (0 when the model runs on the device
+        or has no ``energy.cloud`` entry)."""
+        cost = self.cloud.get(model) if mode in CLOUD_MODES else None
+        return (cost or CloudCost()).of(prompt_tokens, completion_tokens)
 
     def estimate_j(self, cpu_s: float) -> float:
         return cpu_s * self.watts_per_core

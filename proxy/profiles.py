@@ -97,3 +97,20 @@ def device_energy(profile: DeviceProfile, mode: str, wall_s: float, compute_j: f
     parts = {"baseline_j": profile.baseline_w * wall_s, "compute_j": compute_j, "tools_j": tools,
              "radio_j": radio_j}
     return {**parts, "device_j": sum(parts.values()), "device_profile": profile.name}
+
+
+@dataclass(frozen=True)
+class CloudCost:
+    """What a call costs on the cloud side, configured per model (``energy.cloud.MODEL``):
+    the provider's price and the datacenter's energy. Never added to the device's energy:
+    reports show them as separate axes."""
+    usd_per_mtok_in: float = 0.0
+    usd_per_mtok_out: float = 0.0
+    dc_j_per_output_token: float = 0.0  # e.g. the ML.ENERGY leaderboard's energy per output token
+
+    def of(self, prompt_tokens: int, completion_tokens: int) -> dict:
+        return {"cloud_usd": (prompt_tokens * self.usd_per_mtok_in + completion_tokens * self.usd_per_mtok_out) / 1e6,
+                "cloud_j": completion_tokens * self.dc_j_per_output_token}
+
+
+CLOUD_MODES = ("hybrid", "cloud")  # the modes whose model runs in the cloud

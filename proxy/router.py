@@ -39,14 +39,16 @@ class Session:
     uplinked: bool = False
     totals: dict = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0, "bytes_up": 0,
                                                   "bytes_down": 0, "net_delay_s": 0.0,
-                                                  "compute_j": 0.0, "e2e_s": 0.0})
+                                                  "compute_j": 0.0, "e2e_s": 0.0, "cloud_usd": 0.0,
+                                                  "cloud_j": 0.0})
     charges: list = field(default_factory=list)  # (Device, RadioCharge) of each crossing of a device link
 
     def add(self, record: dict, charge: RadioCharge | None = None, device: Device | None = None) -> None:
         self.calls += 1
         self.last_seen = time.monotonic()
         t = self.totals
-        for key in ("prompt_tokens", "completion_tokens", "bytes_up", "bytes_down", "compute_j", "e2e_s"):
+        for key in ("prompt_tokens", "completion_tokens", "bytes_up", "bytes_down", "compute_j", "e2e_s",
+                    "cloud_usd", "cloud_j"):
             t[key] += record.get(key) or 0
         t["net_delay_s"] += record["net_delay_s"]["total"]
         if device is not None:

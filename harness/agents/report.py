@@ -70,6 +70,8 @@ def summarise(rows: list[dict], ks: list[int]) -> dict:
         "energy_j_ci95": list(bootstrap_ci(energy) or []) or None,
         **{f"{part}_j_mean": mean(_vals(metered, f"{part}_j")) if metered else None
            for part in ("baseline", "compute", "tools", "radio")},
+        "cloud_usd_mean": mean(_vals(metered, "cloud_usd")) if metered else None,
+        "cloud_j_mean": mean(_vals(metered, "cloud_j")) if metered else None,
         "device_profile": ",".join(sorted({str(r["device_profile"]) for r in metered if r.get("device_profile")}))
                           or None,
         "energy_j_per_solved": (total_energy / sum(bool(r["passed"]) for r in metered)
@@ -139,11 +141,12 @@ def markdown(sums: list[dict], info: dict, ks: list[int]) -> str:
         lines.append("| " + " | ".join(row) + " |")
     # one ledger in every mode: baseline x wall + on-device generation + on-device tools + settled radio
     head = ["dataset", "mode / network / model", "device profile", "baseline J", "compute J", "tools J", "radio J",
-            "device J"]
-    lines += ["", "## Device energy (means per task)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            "device J", "cloud $", "datacenter J"]
+    lines += ["", "## Device energy and cloud cost (means per task; two axes, never summed)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in sums:
         row = [s["dataset"], _label(s), s["device_profile"] or "n/a",
-               *[_fmt(s[f"{p}_j_mean"]) for p in ("baseline", "compute", "tools", "radio")], _fmt(s["energy_j_mean"])]
+               *[_fmt(s[f"{p}_j_mean"]) for p in ("baseline", "compute", "tools", "radio")], _fmt(s["energy_j_mean"]),
+               _fmt(s["cloud_usd_mean"]), _fmt(s["cloud_j_mean"])]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "Plots: `energy_per_solved.png`, `latency_breakdown.png`, `accuracy_vs_cost.png`.", ""]
     return "\n".join(lines)

@@ -36,7 +36,7 @@ from harness.agents.tools import Toolbox, Workspace
 H_MODE, H_NETWORK, H_DEVICE, H_SESSION = ("X-Edgemeter-Mode", "X-Edgemeter-Network", "X-Edgemeter-Device",
                                           "X-Edgemeter-Session")
 MODES = ("local", "hybrid", "cloud")
-_ENERGY_KEYS = ("radio_j", "compute_j", "bytes_up", "bytes_down")
+_ENERGY_KEYS = ("radio_j", "compute_j", "bytes_up", "bytes_down", "cloud_usd", "cloud_j")
 # the proxy's device-energy ledger (proxy.profiles.device_energy), taken whole from the session record
 _DEVICE_KEYS = ("baseline_j", "tools_j", "device_j", "device_profile", "tool_cpu_s")
 

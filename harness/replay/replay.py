@@ -190,6 +190,7 @@ class Replayer:
             **radio_fields(tally.charge), "compute_j": compute_j, "compute_energy_method": method, "cpu_s": c.cpu_s,
             "energy_per_token_j": ((tally.radio_j + compute_j) / c.completion_tokens
                                    if c.completion_tokens and (tally.radio_j or compute_j) else None),
+            **self.energy.cloud_cost(s.model, self.mode, c.prompt_tokens, c.completion_tokens),
             "promotions": (radio.promotions - promotions0) if radio else 0, "replayed": True,
             "_charge": tally.charge,
         }
@@ -358,7 +359,7 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         groups[(r["mode"], r["network"])].append(r)
     head = ["mode / network", "radio", "tasks", "wall s p50", "TTFT s p50", "net share", "radio J p50",
-            "compute J p50", "promotions/task"]
+            "compute J p50", "device J p50", "cloud $ p50", "datacenter J p50", "promotions/task"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (mode, net), g in groups.items():
         ttft = [c["edgemeter"]["ttft_s"] for r in g for c in r["llm_calls"] if c["edgemeter"]["ttft_s"] is not None]
@@ -368,6 +369,9 @@ def table(rows: list[dict]) -> str:
                  f"{percentile(ttft, 50):.3f}" if ttft else "n/a", f"{netd / sum(wall):.3f}" if sum(wall) else "n/a",
                  f"{percentile([r['radio_j'] or 0.0 for r in g], 50):.3f}",
                  f"{percentile([r['compute_j'] or 0.0 for r in g], 50):.3f}",
+                 f"{percentile([r['energy_j'] or 0.0 for r in g], 50):.3f}",  # the device axis ...
+                 f"{percentile([r['cloud_usd'] or 0.0 for r in g], 50):.6f}",  # ... and the cloud's, never summed
+                 f"{percentile([r['cloud_j'] or 0.0 for r in g], 50):.3f}",
                  f"{mean([r['promotions'] for r in g]):.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -69,3 +69,26 @@ async def test_session_end_reports_each_part_of_device_energy(proxy, mode):
 async def test_session_end_rejects_bad_tool_time(proxy):
     status, body = await end(proxy, "bad", "hybrid", tool_cpu_s=-1)
     assert status == 400 and body["error"]["param"] == "tool_cpu_s"
+
+
+async def test_cloud_cost_is_per_model_and_only_where_the_model_is_in_the_cloud(aiohttp_server, proxy_client):
+    up = await aiohttp_server(make_app())
+    models = {"echo": {"backend": "upstream", "base_url": str(up.make_url("/v1")), "model": "echo"}}
+    cost = {"usd_per_mtok_in": 2.0, "usd_per_mtok_out": 8.0, "dc_j_per_output_token": 0.5}
+    proxy = await proxy_client(models, energy={"device": "phone", "cloud": {"echo": cost}})
+    for mode in ("local", "hybrid", "cloud"):
+        status, s = await end(proxy, f"c-{mode}", mode)
+        assert status == 200 and s["prompt_tokens"] and s["completion_tokens"]
+        on_cloud = mode != "local"
+        assert s["cloud_usd"] == pytest.approx(
+            (2.0 * s["prompt_tokens"] + 8.0 * s["completion_tokens"]) / 1e6 if on_cloud else 0.0)
+        assert s["cloud_j"] == pytest.approx(0.5 * s["completion_tokens"] if on_cloud else 0.0)
+        # a separate axis: the device's sum does not include it
+        assert s["device_j"] == pytest.approx(s["baseline_j"] + s["compute_j"] + s["tools_j"] + s["radio_j"])
+
+
+def test_cloud_cost_config_errors():
+    with pytest.raises(ValueError, match=r"energy\.cloud\.m\.usd_per_mtok_in: must be a non-negative number"):
+        ComputeEnergy.from_config({"cloud": {"m": {"usd_per_mtok_in": -1}}})
+    with pytest.raises(ValueError, match=r"energy\.cloud\.m: must be a mapping with keys"):
+        ComputeEnergy.from_config({"cloud": {"m": {"dollars": 1}}})

@@ -286,3 +286,17 @@ def test_device_profile_regenerates_local_calls_at_its_token_rates_and_throttles
     c, gen = replay.on_device(s.calls[1], slow, prefill + 3 * tok)
     assert gen == pytest.approx(prefill + 2 * tok + tok / slow.throttled)
     assert [f[0] for f in c.frames][-1] == pytest.approx(gen)
+
+
+def test_replay_prices_the_cloud_side_apart_from_the_device():
+    energy = ComputeEnergy.from_config({"method": "estimate", "device": "phone",
+                                        "cloud": {"m": {"usd_per_mtok_in": 1.0, "usd_per_mtok_out": 4.0,
+                                                        "dc_j_per_output_token": 0.3}}})
+    rows = {mode: replay.Replayer(mode, PRESETS["fixed4g"], 0, energy).device_rows("phone", [session()])[0]
+            for mode in ("local", "hybrid")}
+    assert rows["local"]["cloud_usd"] == 0 and rows["local"]["cloud_j"] == 0  # the model is on the device
+    h = rows["hybrid"]
+    assert h["cloud_usd"] == pytest.approx((2 * 20 * 1.0 + 2 * 3 * 4.0) / 1e6)  # 2 calls: 20 in, 3 out each
+    assert h["cloud_j"] == pytest.approx(2 * 3 * 0.3)
+    sr = h["session_record"]
+    assert h["energy_j"] == pytest.approx(sr["baseline_j"] + sr["compute_j"] + sr["tools_j"] + sr["radio_j"])
