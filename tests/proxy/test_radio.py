@@ -218,3 +218,24 @@ def test_out_of_order_start_before_advanced_clock_is_moved_forward():
     assert r.time_s["psm"] == pytest.approx(10.0 - 1.25)
     assert c.active_j == 0.0  # it ends before the clock: nothing new to charge but its tail
     assert r.promotions == 2
+
+
+def test_meter_counts_request_radio_energy_only_once_spent():
+    """The request counter and the energy-per-token histogram see a tail when it settles, never its
+    provisional figure: a Prometheus counter cannot take back what it was given."""
+    from proxy import metrics as m
+    from proxy.meter import RequestMeter
+    labels = ("settle-test", "upstream", "hybrid", "lte-test")
+    meter = RequestMeter(*labels, "dev", None, t_received=0.0, bytes_up=0)
+    meter.completion_tokens = 4
+    r = Radio(LTE)
+    r.transfer(0.0, 0.26 + 1.0, 0, 1000, into=meter.net.charge)
+    record = meter.finish(200)
+    counter, per_token = m.REQ_RADIO_ENERGY.labels(*labels), m.ENERGY_PER_TOKEN.labels(*labels)
+    spent_at_finish = meter.net.charge.settled_j
+    assert record["radio_j"] == spent_at_finish and not record["radio_settled"]
+    assert record["radio_tail_provisional_j"] == pytest.approx(LTE_TAIL_J)
+    assert counter._value.get() == pytest.approx(spent_at_finish) and per_token._sum.get() == 0
+    r.advance(100.0)  # the tail ran out: now it is spent
+    assert counter._value.get() == pytest.approx(spent_at_finish + LTE_TAIL_J) == pytest.approx(r.non_idle_j)
+    assert per_token._sum.get() == pytest.approx(r.non_idle_j / 4)
