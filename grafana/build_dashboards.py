@@ -22,6 +22,8 @@ SCHEMA_VERSION = 42  # Grafana 12's classic dashboard JSON model
 REQ = 'model=~"$model",backend=~"$backend",mode=~"$mode",network=~"$network"'
 BACKEND = 'model=~"$model",backend=~"$backend"'
 RADIO = 'network=~"$network"'
+SESSION = 'mode=~"$mode",network=~"$network"'  # session-level series carry no model or backend
+DEVICE_J = "edgemeter_device_energy_joules_total"
 QUANTILES = (0.5, 0.9, 0.99)
 
 
@@ -350,7 +352,7 @@ def network_energy() -> dict:
                     target(f"sum({rate('edgemeter_compute_energy_joules_total')})", "compute")], "watt",
                    w=8, stack=True),
         timeseries("Compute power by model and method",
-                   "On-device compute joules per second; method says measured (rapl, nvml) or estimated.",
+                   "On-device compute joules per second; method says measured (zeus), a device profile (profile:NAME) or estimated.",
                    [target(f"sum by (model, method) ({rate('edgemeter_compute_energy_joules_total')})",
                            "{{model}} ({{method}})")], "watt", w=8),
         timeseries("Energy per token", "Per request: (radio + on-device compute joules) / generated tokens.",
@@ -360,6 +362,17 @@ def network_energy() -> dict:
         bargauge("Compute joules by model", "On-device compute energy over the dashboard's time range.",
                  f"sum by (model, method) (increase(edgemeter_compute_energy_joules_total{{{REQ}}}[$__range]))",
                  "{{model}} ({{method}})", "joule", w=12),
+
+        row("Device energy (per ended session: the same formula in every mode)"),
+        bargauge("Device joules by component",
+                 "Baseline power x task wall time, on-device generation, the agent's tools on the device, "
+                 "settled radio: ended sessions over the dashboard's time range.",
+                 f"sum by (component) (increase({DEVICE_J}{{{SESSION}}}[$__range]))", "{{component}}", "joule",
+                 w=12),
+        bargauge("Device joules by mode × network × component",
+                 "The same parts per deployment mode and network preset, side by side.",
+                 f"sum by (mode, network, component) (increase({DEVICE_J}{{{SESSION}}}[$__range]))",
+                 "{{mode}} / {{network}} · {{component}}", "joule", w=12),
     ]
     return dashboard("edgemeter-network-energy", "Edgemeter · Network and energy",
                      "Simulated network delay, radio RRC states and energy, compute energy.", panels)

@@ -23,10 +23,11 @@ from proxy import metrics
 from proxy import openapi
 from proxy import validate
 from proxy.config import Config
-from proxy.device import Devices
+from proxy.device import Devices, settle
 from proxy.energy import ComputeEnergy
 from proxy.errors import APIError, bad_request
 from proxy.meter import NetTally, RequestLog, RequestMeter, Timeline
+from proxy.profiles import device_energy
 from proxy.router import Route, Router
 
 log = logging.getLogger("edgemeter")
@@ -159,6 +160,8 @@ async def generate(request: web.Request, kind: str) -> web.StreamResponse:
     (validate.chat if kind == "chat" else validate.completion)(body)
     route = request.app[ROUTER].route(request.headers, body["model"])
     meter = RequestMeter(*route.labels, route.device_id, route.session and route.session.id, t_received, nbytes)
+    if route.mode == "local" and route.backend.in_process:  # the generation runs on the device: charge it
+        meter.energy = request.app[ENERGY]
     stream = body.get("stream", False)
     response = None
     try:
@@ -221,14 +224,13 @@ async def primed(events):
 def finish(request: web.Request, route: Route, meter: RequestMeter, status: int, cause: str | None) -> dict:
     if meter.t_end is not None:
         return {}
-    if meter.cpu_s and route.mode == "local" and route.backend.in_process:
-        meter.compute_j, meter.compute_method = request.app[ENERGY].joules(meter.cpu_s, meter.t_scheduled or
-                                                                           meter.t_received, time.perf_counter())
+    meter.close_energy(time.perf_counter())
     record = meter.finish(status, cause)
+    record.update(request.app[ENERGY].cloud_cost(route.model, route.mode, meter.prompt_tokens, meter.completion_tokens))
     if meter.timeline is not None:
         record["trace"] = meter.trace(route.backend.in_process)
     if route.session:
-        route.session.add(record)
+        route.session.add(record, meter.net.charge, route.up or route.down)
     request.app[LOG].write(record)
     return record
 
@@ -472,16 +474,30 @@ async def end_session(request: web.Request) -> web.Response:
     answer = body.get("final_answer", "") if isinstance(body, dict) else None
     if not isinstance(answer, str):
         raise bad_request("'final_answer' must be a string", "final_answer", "invalid_type")
+    tool_cpu_s = body.get("tool_cpu_s", 0.0)
+    if isinstance(tool_cpu_s, bool) or not isinstance(tool_cpu_s, (int, float)) or not 0 <= tool_cpu_s < 1e9:
+        raise bad_request("'tool_cpu_s' must be a non-negative number of seconds", "tool_cpu_s", "invalid_value")
     s = request.app[ROUTER].end_session(request.match_info["session_id"])
     out = {"session": s.id, "mode": s.mode, "network": s.network, "calls": s.calls, **s.totals}
     if s.mode == "cloud" and s.device is not None:
         tally = NetTally()
         nbytes = len(answer.encode())
         await sleep_until(s.device.send("down", time.perf_counter(), nbytes, tally))
+        s.charges.append((s.device, tally.charge))
         out["bytes_down"] += nbytes
         out["net_delay_s"] += tally.added_s
-        out["radio_j"] += tally.radio_j
         out["final_answer_delay_s"] = tally.added_s
+    wall_s = time.perf_counter() - s.started
+    # Exact, not projected: the reply waits until the session's last radio tail has run out
+    # or been cut (see docs/energy.md), so radio_j is energy the radio really spent.
+    out["radio_settle_wait_s"] = await settle(s.charges)
+    out.update(s.radio())
+    energy = request.app[ENERGY]
+    out.update(wall_s=wall_s, tool_cpu_s=tool_cpu_s, **device_energy(
+        energy.profile, s.mode, wall_s, out["compute_j"], tool_cpu_s, out["radio_j"], energy.tool_core_w))
+    for part in ("baseline", "compute", "tools", "radio"):
+        if out[f"{part}_j"]:
+            metrics.DEVICE_ENERGY.labels(s.mode, s.network, part).inc(out[f"{part}_j"])
     return web.json_response(out, dumps=lambda o: orjson.dumps(o).decode())
 
 

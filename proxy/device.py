@@ -5,6 +5,8 @@ other, and its radio, so one request's transfer keeps the radio up for the next.
 """
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import OrderedDict
 
 from proxy import metrics as m
@@ -43,6 +45,22 @@ class Device:
             self.exported["promotions"] = radio.promotions
 
 
+async def settle(charges) -> float:
+    """Wait until every (device, RadioCharge) in ``charges`` is settled: its tail cut by a
+    later transfer or run out. Returns the seconds waited (at most one radio tail when
+    nothing else transmits: LTE 10.1 s, 3G 17 s). The device counters are brought up to
+    date on the way, so /metrics agrees with what the waiter reports."""
+    t0 = time.perf_counter()
+    while pending := [(dev, c) for dev, c in charges if c.pending]:
+        now = time.perf_counter()
+        for dev, _ in pending:
+            dev.export(now)
+        ends = [dev.link.radio.quiet_at for dev, c in pending if c.pending]
+        if ends:
+            await asyncio.sleep(max(0.001, max(ends) - now))
+    return time.perf_counter() - t0
+
+
 class Devices:
     """Device links by (id, network); the least recently used is dropped past ``max_devices``."""
 
@@ -72,7 +90,10 @@ class Devices:
             # Each device draws its own randomness, so one device's traffic never shifts another's.
             dev = self.devices[key] = Device(network, self.presets[network], f"{self.seed}:{device_id}")
             if len(self.devices) > self.max_devices:
-                self.devices.popitem(last=False)
+                _, dropped = self.devices.popitem(last=False)
+                # Nothing transmits on it again: its pending tail runs out whole, so settle it now.
+                if (end := dropped.link.radio.quiet_at) is not None:
+                    dropped.export(end)
         else:
             self.devices.move_to_end(key)
         return dev

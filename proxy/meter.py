@@ -40,7 +40,8 @@ class NetTally:
     Upstream transfers add up (the client waits for each). Downstream chunks overlap
     generation, so summing their delays would overstate the wait; what the client still
     waits at the end is the last chunk's delay, so that is what counts for ``down``.
-    Radio energy accrues in ``charge``, whose tail the radio settles later (see proxy.radio).
+    Radio energy accrues in ``charge``, whose tail the radio settles later (see proxy.radio);
+    ``radio_j`` is what it has really spent so far.
     """
     __slots__ = ("up", "down", "charge")
 
@@ -63,7 +64,15 @@ class NetTally:
 
     @property
     def radio_j(self) -> float:
-        return self.charge.total_j
+        return self.charge.settled_j
+
+
+def radio_fields(charge: RadioCharge) -> dict:
+    """A record's radio energy: ``radio_j`` is spent so far (final when ``radio_settled``);
+    a tail still running shows apart as ``radio_tail_provisional_j`` and is in no total."""
+    return {"radio_j": charge.settled_j, "radio_promotion_j": charge.promotion_j,
+            "radio_active_j": charge.active_j, "radio_tail_j": charge.tail_j,
+            "radio_tail_provisional_j": charge.tail_provisional_j, "radio_settled": not charge.pending}
 
 
 class RequestMeter:
@@ -71,7 +80,7 @@ class RequestMeter:
                  "t_received", "t_backend", "t_scheduled", "t_first_token", "t_backend_first", "t_last_token",
                  "t_end", "last_delivery", "itl_child", "prompt_tokens", "completion_tokens", "usage_source",
                  "bytes_up", "bytes_down", "net", "cpu_s", "compute_j", "compute_method", "finish_reason",
-                 "chunks", "timeline", "_running")
+                 "chunks", "timeline", "energy", "window", "_running")
 
     def __init__(self, model: str, backend: str, mode: str, network: str, device: str, session: str | None,
                  t_received: float, bytes_up: int):
@@ -94,6 +103,8 @@ class RequestMeter:
         self.finish_reason = None
         self.chunks = 0
         self.timeline = None  # a Timeline when server.record_traces is on
+        self.energy = None    # a proxy.energy.ComputeEnergy when the generation runs on the device
+        self.window = None    # its share of the meter, open from when the generation got its slot
         self._running = child(m.RUNNING, *self.labels)
         self._running.inc()
 
@@ -105,6 +116,16 @@ class RequestMeter:
 
     def scheduled(self, t: float) -> None:
         self.t_scheduled = t
+        if self.energy is not None:
+            self.window = self.energy.begin(t)
+
+    def close_energy(self, t: float) -> None:
+        """The generation is over: take its compute energy (its share of the meter, or the
+        profile's or the estimate's figure) and close its window."""
+        if self.energy is not None:
+            window = self.window or self.energy.begin(self.t_received)  # a backend that never said Scheduled
+            self.compute_j, self.compute_method = self.energy.end(window, self.cpu_s, t)
+            self.energy = None
 
     def produced(self, t: float) -> None:
         """A token left the backend (before any simulated network)."""
@@ -162,14 +183,27 @@ class RequestMeter:
                 if v := getattr(split, part):
                     child(m.NET_DELAY_PART, *lab, direction, part).inc(v)
         child(m.NET_DELAY, *lab).observe(self.net.added_s)
-        if self.net.radio_j:
-            child(m.REQ_RADIO_ENERGY, *lab).inc(self.net.radio_j)
+        # Radio energy is counted once spent: now for what is settled, the rest when the
+        # radio settles the tail (a counter never goes back, so nothing provisional goes in).
+        charge = self.net.charge
+        radio_c = child(m.REQ_RADIO_ENERGY, *lab)
+        if charge.settled_j:
+            radio_c.inc(charge.settled_j)
         if self.compute_j:
             child(m.COMPUTE_ENERGY, *lab, self.compute_method).inc(self.compute_j)
-        energy = self.net.radio_j + self.compute_j
+        per_token_c = child(m.ENERGY_PER_TOKEN, *lab) if self.completion_tokens else None
+        if charge.pending:
+            compute_j, tokens = self.compute_j, self.completion_tokens
+
+            def settled(joules: float) -> None:
+                radio_c.inc(joules)
+                if per_token_c is not None:
+                    per_token_c.observe((charge.settled_j + compute_j) / tokens)
+            charge.on_settle = settled
+        elif per_token_c is not None and (charge.settled_j or self.compute_j):
+            per_token_c.observe((charge.settled_j + self.compute_j) / self.completion_tokens)
+        energy = charge.settled_j + self.compute_j  # spent so far: a pending tail is in no figure but its own
         per_token = energy / self.completion_tokens if self.completion_tokens else None
-        if per_token is not None and energy:
-            child(m.ENERGY_PER_TOKEN, *lab).observe(per_token)
         return {
             "request_id": self.request_id, "model": self.model, "backend": self.backend, "mode": self.mode,
             "network": self.network, "device": self.device, "session": self.session, "status": status,
@@ -179,7 +213,7 @@ class RequestMeter:
             "usage_source": self.usage_source, "chunks": self.chunks,
             "bytes_up": self.bytes_up, "bytes_down": self.bytes_down,
             "net_delay_s": {"total": self.net.added_s, **delay},
-            "radio_j": self.net.radio_j, "compute_j": self.compute_j, "compute_energy_method": self.compute_method,
+            **radio_fields(charge), "compute_j": self.compute_j, "compute_energy_method": self.compute_method,
             "cpu_s": self.cpu_s, "energy_per_token_j": per_token,
         }
 

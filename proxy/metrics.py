@@ -65,9 +65,13 @@ RADIO_PROMOTIONS = Counter("edgemeter_radio_promotions", "RRC promotions (idle o
 RADIO_DEVICES = Gauge("edgemeter_radio_devices", "Simulated devices by current RRC state.",
                       ("network", "radio", "state"), multiprocess_mode="livesum")
 REQ_RADIO_ENERGY = Counter("edgemeter_request_radio_energy_joules",
-                           "Radio energy attributed to requests (promotion, transfer and tail).", REQ)
+                           "Radio energy attributed to requests (promotion, transfer and tail), "
+                           "counted once spent: a tail when it runs out or the next transfer cuts it.", REQ)
 COMPUTE_ENERGY = Counter("edgemeter_compute_energy_joules", "On-device compute energy of in-process backends.",
                          REQ + ("method",))
+DEVICE_ENERGY = Counter("edgemeter_device_energy_joules",
+                        "Device energy of ended sessions by component (baseline, compute, tools, radio): "
+                        "one formula in every mode, see docs/energy.md.", ("mode", "network", "component"))
 ENERGY_PER_TOKEN = Histogram("edgemeter_energy_per_token_joules",
                              "Per request: (radio + on-device compute joules) / generated tokens.", REQ,
                              buckets=ENERGY_BUCKETS)

@@ -12,17 +12,22 @@ each figure with its source id (S1, S2, ...); docs/network-and-radio.md lists th
 
 Attribution: each transfer is charged its promotion (if it caused one), the active
 time it added beyond what earlier transfers already kept busy, its own bytes, and the
-tail after it if it is the last transfer so far. That tail is provisional: it is
-charged in full and settled to what was really spent when the next transfer cuts it
-short (or when ``advance`` passes its end); ``RadioCharge.pending`` says which. The
-gaps between a streamed response's own frames are such cut-short tails, so its
-``tail_j`` holds the radio's inter-frame energy as well as the final tail. The device
-totals (``energy_j``/``time_s`` by state) only ever count energy already spent.
+tail after it if it is the last transfer so far. Energy is charged only once it is
+spent: the tail after the last transfer is held as ``tail_provisional_j`` (the full
+tail, what it would cost if nothing cut it) and settled into ``tail_j`` when the next
+transfer cuts it short or when ``advance`` passes its end. Until then the charge is
+``pending``; ``settled_j`` is what it has really cost so far, and once settled it
+never changes again. The gaps between a streamed response's own frames are such
+cut-short tails, so its ``tail_j`` holds the radio's inter-frame energy as well as
+the final tail. Conservation: once every tail has run out or been cut, the charges'
+``settled_j`` add up to the radio's non-idle energy (``energy_j`` of the promotion,
+active and tail states), which only ever counts energy already spent.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 PROMOTION, ACTIVE = "promotion", "active"
 
@@ -131,16 +136,26 @@ RADIO_PROFILES: dict[str, RadioProfile] = {p.name: p for p in (NONE, WIFI, LTE, 
 
 @dataclass(slots=True)
 class RadioCharge:
-    """Radio energy attributed to one request (or one transfer), in joules. ``tail_j``
-    holds a provisional full tail while ``pending``; the radio settles it in place."""
+    """Radio energy attributed to one request (or one transfer), in joules. While
+    ``pending``, ``tail_provisional_j`` is the full tail after its last transfer, not yet
+    spent; the radio settles it into ``tail_j`` and then calls ``on_settle(joules)``
+    with the tail energy it just settled (the meter counts it then)."""
     promotion_j: float = 0.0
     active_j: float = 0.0
     tail_j: float = 0.0
+    tail_provisional_j: float = 0.0
     pending: bool = False
+    on_settle: Callable[[float], None] | None = None
 
     @property
-    def total_j(self) -> float:
+    def settled_j(self) -> float:
+        """Energy really spent so far; final once not ``pending``."""
         return self.promotion_j + self.active_j + self.tail_j
+
+    @property
+    def provisional_j(self) -> float:
+        """What the request costs if its pending tail runs out uncut."""
+        return self.settled_j + self.tail_provisional_j
 
 
 @dataclass
@@ -233,7 +248,7 @@ class Radio:
             self._busy_until = end
             self._tail_spent = 0.0
             self._owner = c
-            c.tail_j += self._full_tail
+            c.tail_provisional_j = self._full_tail
             c.pending = self._full_tail > 0
         self._clock = max(self._clock, self._busy_until)
         self.state = ACTIVE
@@ -245,7 +260,7 @@ class Radio:
             self._clock = t
         if t > self._clock:
             self._spend_gap(t)
-            if self._owner is not None and t - self._busy_until >= self.profile.tail_s:
+            if self._owner is not None and t >= self.quiet_at:
                 self._settle(self._tail_spent)
         if self._busy_until is not None and t <= self._busy_until:
             self.state = PROMOTION if t < self._promo_end else ACTIVE
@@ -273,12 +288,27 @@ class Radio:
         if dt > 0:
             self._add(self.profile.idle.name, dt, dt * self.profile.idle.power_w)
 
+    @property
+    def non_idle_j(self) -> float:
+        """Energy spent above idle so far (promotion, active and tail states): what the
+        charges add up to once their tails are settled."""
+        return sum(j for state, j in self.energy_j.items() if state != self.profile.idle.name)
+
+    @property
+    def quiet_at(self) -> float | None:
+        """When the pending tail runs out if no transfer cuts it (None: no tail pending)."""
+        return None if self._owner is None else self._busy_until + self.profile.tail_s
+
     def _settle(self, spent: float) -> None:
         """The provisional tail's owner is charged what the tail really cost."""
-        if self._owner is not None:
-            self._owner.tail_j += spent - self._full_tail
-            self._owner.pending = False
+        c = self._owner
+        if c is not None:
             self._owner = None
+            c.tail_j += spent
+            c.tail_provisional_j = 0.0
+            c.pending = False
+            if c.on_settle is not None:
+                c.on_settle(spent)
 
     def _add(self, state: str, dt: float, joules: float) -> None:
         self.time_s[state] += dt

@@ -19,6 +19,7 @@ from backends import Backend
 from proxy.config import MODES, Config
 from proxy.device import Device, Devices
 from proxy.errors import APIError, bad_request
+from proxy.radio import RadioCharge
 
 H_MODE, H_NETWORK, H_DEVICE, H_SESSION = ("X-Edgemeter-Mode", "X-Edgemeter-Network", "X-Edgemeter-Device",
                                           "X-Edgemeter-Session")
@@ -33,19 +34,33 @@ class Session:
     network: str
     device: Device | None
     last_seen: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=time.perf_counter)  # the task's first call arrived
     calls: int = 0
     uplinked: bool = False
     totals: dict = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0, "bytes_up": 0,
-                                                  "bytes_down": 0, "net_delay_s": 0.0, "radio_j": 0.0,
-                                                  "compute_j": 0.0, "e2e_s": 0.0})
+                                                  "bytes_down": 0, "net_delay_s": 0.0,
+                                                  "compute_j": 0.0, "e2e_s": 0.0, "cloud_usd": 0.0,
+                                                  "cloud_j": 0.0})
+    charges: list = field(default_factory=list)  # (Device, RadioCharge) of each crossing of a device link
 
-    def add(self, record: dict) -> None:
+    def add(self, record: dict, charge: RadioCharge | None = None, device: Device | None = None) -> None:
         self.calls += 1
         self.last_seen = time.monotonic()
         t = self.totals
-        for key in ("prompt_tokens", "completion_tokens", "bytes_up", "bytes_down", "radio_j", "compute_j", "e2e_s"):
+        for key in ("prompt_tokens", "completion_tokens", "bytes_up", "bytes_down", "compute_j", "e2e_s",
+                    "cloud_usd", "cloud_j"):
             t[key] += record.get(key) or 0
         t["net_delay_s"] += record["net_delay_s"]["total"]
+        if device is not None:
+            self.charges.append((device, charge))
+
+    def radio(self) -> dict:
+        """Radio energy the session's transfers spent (``radio_j``), by part; a tail still
+        running is only in ``radio_tail_provisional_j``, which is 0 once ``proxy.device.settle`` returns."""
+        cs = [c for _, c in self.charges]
+        return {"radio_j": sum(c.settled_j for c in cs), "radio_promotion_j": sum(c.promotion_j for c in cs),
+                "radio_active_j": sum(c.active_j for c in cs), "radio_tail_j": sum(c.tail_j for c in cs),
+                "radio_tail_provisional_j": sum(c.tail_provisional_j for c in cs)}
 
 
 @dataclass

@@ -68,8 +68,12 @@ def summarise(rows: list[dict], ks: list[int]) -> dict:
         "net_share": sum(net) / sum(wall) if net and sum(wall) else None,
         "energy_j_mean": mean(energy) if energy else None, "energy_j_std": std(energy) if energy else None,
         "energy_j_ci95": list(bootstrap_ci(energy) or []) or None,
-        "radio_j_mean": mean(_vals(metered, "radio_j")) if metered else None,
-        "compute_j_mean": mean(_vals(metered, "compute_j")) if metered else None,
+        **{f"{part}_j_mean": mean(_vals(metered, f"{part}_j")) if metered else None
+           for part in ("baseline", "compute", "tools", "radio")},
+        "cloud_usd_mean": mean(_vals(metered, "cloud_usd")) if metered else None,
+        "cloud_j_mean": mean(_vals(metered, "cloud_j")) if metered else None,
+        "device_profile": ",".join(sorted({str(r["device_profile"]) for r in metered if r.get("device_profile")}))
+                          or None,
         "energy_j_per_solved": (total_energy / sum(bool(r["passed"]) for r in metered)
                                 if metered and any(r["passed"] for r in metered) else None),
         "solved_per_agent_hour": solved / (sum(wall) / 3600) if wall and sum(wall) else None,
@@ -125,7 +129,7 @@ def markdown(sums: list[dict], info: dict, ks: list[int]) -> str:
                _fmt(s["energy_j_per_solved"]), _fmt(s["solved_per_agent_hour"])]
         lines.append("| " + " | ".join(row) + " |")
     head = ["dataset", "mode / network / model", "wall s mean ± std [95% CI]", "model calls s", "network delay s", "tools s",
-            "turns", "tool calls", "ITL ms", "tokens/s", "radio J", "compute J"]
+            "turns", "tool calls", "ITL ms", "tokens/s"]
     lines += ["", "## Latency breakdown (means per task)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in sums:
         itl = None if s["itl_s_mean"] is None else s["itl_s_mean"] * 1000
@@ -133,8 +137,16 @@ def markdown(sums: list[dict], info: dict, ks: list[int]) -> str:
         wall = f"{_fmt(s['wall_s_mean'])} ± {_fmt(s['wall_s_std'])}" + (f" [{_fmt(wci[0])}, {_fmt(wci[1])}]" if wci else "")
         row = [s["dataset"], _label(s), wall, _fmt(s["llm_s_mean"]),
                _fmt(s["net_delay_s_mean"]), _fmt(s["tool_s_mean"]), _fmt(s["turns_mean"]),
-               _fmt(s["tool_calls_mean"]), _fmt(itl), _fmt(s["tokens_per_s"]), _fmt(s["radio_j_mean"]),
-               _fmt(s["compute_j_mean"])]
+               _fmt(s["tool_calls_mean"]), _fmt(itl), _fmt(s["tokens_per_s"])]
+        lines.append("| " + " | ".join(row) + " |")
+    # one ledger in every mode: baseline x wall + on-device generation + on-device tools + settled radio
+    head = ["dataset", "mode / network / model", "device profile", "baseline J", "compute J", "tools J", "radio J",
+            "device J", "cloud $", "datacenter J"]
+    lines += ["", "## Device energy and cloud cost (means per task; two axes, never summed)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in sums:
+        row = [s["dataset"], _label(s), s["device_profile"] or "n/a",
+               *[_fmt(s[f"{p}_j_mean"]) for p in ("baseline", "compute", "tools", "radio")], _fmt(s["energy_j_mean"]),
+               _fmt(s["cloud_usd_mean"]), _fmt(s["cloud_j_mean"])]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "Plots: `energy_per_solved.png`, `latency_breakdown.png`, `accuracy_vs_cost.png`.", ""]
     return "\n".join(lines)

@@ -37,7 +37,9 @@ from harness.agents.tools import Toolbox, Workspace
 H_MODE, H_NETWORK, H_DEVICE, H_SESSION = ("X-Edgemeter-Mode", "X-Edgemeter-Network", "X-Edgemeter-Device",
                                           "X-Edgemeter-Session")
 MODES = ("local", "hybrid", "cloud")
-_ENERGY_KEYS = ("radio_j", "compute_j", "bytes_up", "bytes_down")
+_ENERGY_KEYS = ("radio_j", "compute_j", "bytes_up", "bytes_down", "cloud_usd", "cloud_j")
+# the proxy's device-energy ledger (proxy.profiles.device_energy), taken whole from the session record
+_DEVICE_KEYS = ("baseline_j", "tools_j", "device_j", "device_profile", "tool_cpu_s")
 
 
 @dataclass(frozen=True)
@@ -130,13 +132,17 @@ def _completion_tokens(call: dict) -> tuple[int, bool]:
 
 def task_totals(llm_calls: list[dict], session: dict | None) -> dict:
     """Per-attempt tokens, network delay, bytes and energy. The proxy's session record, when
-    there is one, is the authority: it adds the final answer's download in cloud mode."""
+    there is one, is the authority: it adds the final answer's download in cloud mode and
+    its radio energy is settled (it waited for the last tail). Without one, the calls' own
+    records give only what the radio had spent when each call ended: ``radio_settled`` says
+    so, and their provisional tails are never added in."""
     recs = [c["edgemeter"] for c in llm_calls if c.get("edgemeter")]
     counts = [_completion_tokens(c) for c in llm_calls]
     t = {"prompt_tokens": sum(c["prompt_tokens"] or (c.get("edgemeter") or {}).get("prompt_tokens") or 0
                               for c in llm_calls),
          "completion_tokens": sum(n for n, _ in counts), "tokens_estimated": any(e for _, e in counts),
-         "metered": bool(recs), "energy_source": "calls" if recs else None}
+         "metered": bool(recs), "energy_source": "calls" if recs else None,
+         "radio_settled": all(r.get("radio_settled", True) for r in recs) if recs else None}
     t["net_delay_s"] = sum(_net_total(r) for r in recs) if recs else None
     for k in _ENERGY_KEYS:
         t[k] = sum(float(r.get(k) or 0) for r in recs) if recs else None
@@ -144,8 +150,12 @@ def task_totals(llm_calls: list[dict], session: dict | None) -> dict:
         t["net_delay_s"] = _net_total(session)
         for k in _ENERGY_KEYS:
             t[k] = float(session.get(k) or 0)
-        t["metered"], t["energy_source"] = True, "session"
-    t["energy_j"] = None if t["radio_j"] is None else t["radio_j"] + (t["compute_j"] or 0.0)
+        t["metered"], t["energy_source"], t["radio_settled"] = True, "session", True
+    for k in _DEVICE_KEYS:
+        t[k] = (session or {}).get(k)
+    # the device ledger when the proxy gave one; else what the calls alone show (radio + compute)
+    t["energy_j"] = t["device_j"] if t["device_j"] is not None else \
+        None if t["radio_j"] is None else t["radio_j"] + (t["compute_j"] or 0.0)
     return t
 
 
@@ -176,8 +186,10 @@ class Runner:
         try:
             out = await agent.solve(self.client, Toolbox(self.sandbox, Workspace(ws)), job.task,
                                     self.agent_config(job.combo, job.sample), headers)
-            record = await self.client.end_session(session, out.answer or "", headers=headers)
-            wall = time.perf_counter() - t0
+            record = await self.client.end_session(session, out.answer or "", headers=headers,
+                                                   tool_cpu_s=sum(t.get("cpu_s") or 0.0 for t in out.tool_calls))
+            # the proxy holds the reply until the radio tail has run out: the device's energy, not the task's time
+            wall = time.perf_counter() - t0 - float((record or {}).get("radio_settle_wait_s") or 0.0)
             g = await grading.agrade(job.task, out.answer, self.sandbox)
         finally:
             shutil.rmtree(ws, ignore_errors=True)

@@ -52,6 +52,7 @@ class RunResult:
     error: str | None = None
     wall_s: float = 0.0
     isolation: list[str] = field(default_factory=list)
+    cpu_s: float | None = None  # the code's CPU time; None when it was killed before reporting
 
 
 class _Worker:
@@ -242,7 +243,7 @@ class Sandbox:
                 why += " (CPU or memory limit)"
             return RunResult(False, "crashed", text, why, wall, hello["isolation"])
         return RunResult(result["ok"], "ok" if result["ok"] else "error", text, result.get("error"), wall,
-                         hello["isolation"])
+                         hello["isolation"], result.get("cpu_s"))
 
     @staticmethod
     def _collect(w: _Worker, deadline: float, cap: int):

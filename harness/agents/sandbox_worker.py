@@ -15,6 +15,7 @@ import json
 import linecache
 import os
 import resource
+import time
 import sys
 import traceback
 
@@ -182,6 +183,7 @@ def _child(job):
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
+    status["cpu_s"] = time.process_time()  # this child's user + system CPU: a forked process starts at 0
     _send(result=status)
     os._exit(0)
 

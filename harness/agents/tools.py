@@ -47,9 +47,11 @@ class ToolResult:
     wall_s: float
     final_answer: str | None = None
     status: str | None = None
+    cpu_s: float = 0.0  # CPU the tool burned on the device (file tools: too little to count)
 
     def record(self) -> dict:
-        return {"name": self.name, "ok": self.ok, "status": self.status, "wall_s": round(self.wall_s, 4)}
+        return {"name": self.name, "ok": self.ok, "status": self.status, "wall_s": round(self.wall_s, 4),
+                "cpu_s": round(self.cpu_s, 4)}
 
 
 class Workspace:
@@ -104,8 +106,10 @@ class Toolbox:
         text = r.output or ""
         if r.status in ("timeout", "crashed"):
             text += f"\n[{r.error}]"
-        return ToolResult("python", clip(text.strip() or "(no output)", self.max_observation), r.ok,
-                          time.perf_counter() - t0, status=r.status)
+        wall = time.perf_counter() - t0
+        # code killed before it could report (timeout, crash) is charged its wall time: it was spinning
+        return ToolResult("python", clip(text.strip() or "(no output)", self.max_observation), r.ok, wall,
+                          status=r.status, cpu_s=wall if r.cpu_s is None else r.cpu_s)
 
     async def call(self, name: str, arguments: str | dict) -> ToolResult:
         """Run one tool call; bad arguments become an observation the model can correct."""

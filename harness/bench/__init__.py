@@ -8,12 +8,13 @@ Benchmarks:
   quality   perplexity and the quantization ladder, with paired error bars
   replay    replay against live runs, and the speed of a full replay sweep
   sandbox   per-call cost of the code sandbox
+  energy    device radio energy through a live proxy: settled session totals against /metrics
 """
 from __future__ import annotations
 
 import importlib
 
-BENCHMARKS = ("overhead", "link", "llama", "mlx", "quality", "replay", "sandbox")
+BENCHMARKS = ("overhead", "link", "llama", "mlx", "quality", "replay", "sandbox", "energy")
 
 
 def main(argv: list[str]) -> int:

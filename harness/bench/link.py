@@ -228,7 +228,7 @@ def request_table(names: list[str], seed: int) -> list[str]:
         p = PRESETS[name]
         first, last, c = request_cost(p, seed)
         rows.append(f"| {name} | {p.radio} | {first * 1e3:.1f} | {last * 1e3:.1f} | {c.promotion_j:.3f} | "
-                    f"{c.active_j:.3f} | {c.tail_j:.3f} | {c.total_j:.3f} |")
+                    f"{c.active_j:.3f} | {c.tail_j:.3f} | {c.settled_j:.3f} |")
     return rows
 
 

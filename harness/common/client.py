@@ -121,12 +121,13 @@ class OpenAIClient:
             resp.raise_for_status()
             return [m["id"] for m in (await resp.json()).get("data", [])]
 
-    async def end_session(self, session_id: str, final_answer: str, *,
+    async def end_session(self, session_id: str, final_answer: str, *, tool_cpu_s: float = 0.0,
                           headers: dict[str, str] | None = None) -> dict | None:
-        """Close an Edgemeter agent session; None when the server has no such endpoint."""
+        """Close an Edgemeter agent session, reporting the CPU time its tools ran on the device;
+        None when the server has no such endpoint."""
         url = f"{self._server_root()}/edgemeter/v1/sessions/{session_id}/end"
         try:
-            async with self.session.post(url, json={"final_answer": final_answer},
+            async with self.session.post(url, json={"final_answer": final_answer, "tool_cpu_s": tool_cpu_s},
                                          headers={**self.headers, **(headers or {})}) as resp:
                 if resp.status in (404, 405, 501):
                     return None

@@ -14,7 +14,13 @@ radio) on a virtual clock, exactly as the proxy's handlers do:
   cloud   the first call's request (the task) goes up; the others and their frames stay in
           the datacenter; the final answer comes down when the session ends.
   local   nothing crosses the link; compute energy is the recording's (or an estimate from
-          its CPU-seconds when it was recorded on another mode).
+          its CPU-seconds when it was recorded on another mode). With ``--device-profile``
+          the model runs on that device instead: each call's prefill and decode take the
+          profile's token rates (throttled after its sustained-compute limit, counted over
+          the session's generation), and its generation energy is the profile's power.
+
+Every session gets the proxy's device-energy ledger (proxy.profiles.device_energy):
+baseline power x wall time + on-device generation + on-device tools + settled radio.
 
 The next call is sent the recorded client and tool time after the previous one returned.
 Sessions of one device run one after another with their recorded gaps, so the radio's tail
@@ -38,8 +44,9 @@ from proxy.config import load as load_config
 from proxy.device import Device
 from proxy.energy import ComputeEnergy
 from proxy.link import DELAY_PARTS, pocket_agent, presets_from_config
-from proxy.meter import NetTally
+from proxy.meter import NetTally, radio_fields
 from proxy.radio import RADIO_PROFILES
+from proxy.profiles import PROFILES, DeviceProfile, device_energy, generation_j
 from proxy.router import Session as ProxySession
 
 from harness.replay import trace as tr
@@ -57,24 +64,21 @@ class Replayer:
     def __init__(self, mode: str, preset, seed: int | str, energy: ComputeEnergy):
         self.mode, self.preset, self.seed, self.energy = mode, preset, seed, energy
         self.network = preset.name
+        self.profile = energy.profile
+        # the model on a modelled device: its timing comes from the profile, not the recording
+        self.rescale = mode == "local" and self.profile.name != "host"
 
     def device_rows(self, device: str, sessions: list[tr.Session]) -> list[dict]:
         """One device's sessions, in recorded order, on one link and radio."""
         dev = None if self.mode == "local" else Device(self.network, self.preset, f"{self.seed}:{device}")
-        rows, charges = [], []
+        rows = []
         t, base, prev = 0.0, sessions[0].started_at, None
         for s in sessions:
             if prev is not None:
                 t += max(0.0, s.started_at - prev.recorded_end)  # grading, setup: the recorded gap
-            row, session_charges, t = self.session(s, dev, t, base)
+            row, t = self.session(s, dev, t, base)
             rows.append(row)
-            charges.append(session_charges)
             prev = s
-        if dev is not None:  # settle every provisional tail: what the radio really spent per session
-            radio = dev.link.radio
-            radio.advance(t + radio.profile.tail_s + 1.0)
-            for row, cs in zip(rows, charges):
-                row["radio_settled_j"] = sum(c.total_j for c in cs)
         return rows
 
     def session(self, s: tr.Session, dev: Device | None, t0: float, base: float):
@@ -82,8 +86,12 @@ class Replayer:
         promotions0 = radio.promotions if radio else 0
         psession = ProxySession(s.id, self.mode, self.network, dev)
         t = t0 + s.lead_s
-        llm_calls, charges, error = [], [], None
+        llm_calls, error = [], None
+        generated_s = 0.0  # the session's generation so far, for the profile's throttling
         for i, c in enumerate(s.calls):
+            if self.rescale:
+                c, gen_s = on_device(c, self.profile, generated_s)
+                generated_s += gen_s
             if dev is None:
                 up = down = None
             elif self.mode == "hybrid" or s.one_call:
@@ -91,8 +99,7 @@ class Replayer:
             else:  # cloud: only the task goes up, with the first call
                 up, down = (dev if i == 0 else None), None
             record, client = self.call(c, s, t, up, down, base, i)
-            charges.append(record.pop("_charge"))
-            psession.add(record)
+            psession.add(record, record.pop("_charge"), up or down)
             llm_calls.append(client)
             if s.timeout_s is not None and client["e2e_s"] > s.timeout_s and error is None:
                 error = (f"replayed call {i + 1} takes {client['e2e_s']:.1f} s, past the client's "
@@ -104,12 +111,23 @@ class Replayer:
             tally = NetTally()
             nbytes = s.final_answer_bytes or 0
             t = dev.send("down", t, nbytes, tally)
-            charges.append(tally.charge)
+            psession.charges.append((dev, tally.charge))
             out["bytes_down"] += nbytes
             out["net_delay_s"] += tally.added_s
-            out["radio_j"] += tally.radio_j
             out["final_answer_delay_s"] = tally.added_s
+        # As the proxy's session end: wait for the last tail, so radio_j is what was spent
+        # (proxy.device.settle); the wait delays the next session, not this one's wall time.
+        wait = 0.0
+        if radio is not None and any(ch.pending for _, ch in psession.charges):
+            wait = max(0.0, radio.quiet_at - t)
+            radio.advance(t + wait)
+        out["radio_settle_wait_s"] = wait
+        out.update(psession.radio())
         t += s.end_s
+        tool_cpu = s.tool_cpu_s if s.tool_cpu_s is not None else (s.tool_s or 0.0)  # unrecorded: wall as a bound
+        out.update(wall_s=t - t0, tool_cpu_s=tool_cpu, tool_cpu_recorded=s.tool_cpu_s is not None,
+                   **device_energy(self.profile, self.mode, t - t0, out["compute_j"], tool_cpu, out["radio_j"],
+                                   self.energy.tool_core_w))
         task = s.task
         row = {
             "dataset": task.get("dataset"), "task_id": task.get("task_id"), "sample": task.get("sample"),
@@ -129,7 +147,7 @@ class Replayer:
             "replay": {"recorded_mode": s.mode, "recorded_network": s.network, "recorded_wall_s": s.wall_s,
                        "source": s.source, "seed": self.seed, "flags": s.flags},
         }
-        return row, charges, t
+        return row, t + wait
 
     def call(self, c: tr.Call, s: tr.Session, t: float, up: Device | None, down: Device | None,
              base: float, i: int) -> tuple[dict, dict]:
@@ -152,7 +170,9 @@ class Replayer:
         if c.completion_tokens > 1 and c.stream:
             tpot = (deliveries[-1] - deliveries[0]) / (c.completion_tokens - 1)
         compute_j, method = 0.0, None
-        if self.mode == "local" and c.in_process:
+        if self.rescale:
+            compute_j, method = generation_j(self.profile, c.cpu_s), f"profile:{self.profile.name}"
+        elif self.mode == "local" and c.in_process:
             if c.compute_method is not None and c.compute_j is not None:
                 compute_j, method = c.compute_j, c.compute_method
             elif c.cpu_s:
@@ -167,9 +187,10 @@ class Replayer:
             "bytes_up": c.bytes_up, "bytes_down": sum(f[1] for f in c.frames),
             "net_delay_s": {"total": tally.added_s,
                             **{p: getattr(tally.up, p) + getattr(tally.down, p) for p in DELAY_PARTS}},
-            "radio_j": tally.radio_j, "compute_j": compute_j, "compute_energy_method": method, "cpu_s": c.cpu_s,
+            **radio_fields(tally.charge), "compute_j": compute_j, "compute_energy_method": method, "cpu_s": c.cpu_s,
             "energy_per_token_j": ((tally.radio_j + compute_j) / c.completion_tokens
                                    if c.completion_tokens and (tally.radio_j or compute_j) else None),
+            **self.energy.cloud_cost(s.model, self.mode, c.prompt_tokens, c.completion_tokens),
             "promotions": (radio.promotions - promotions0) if radio else 0, "replayed": True,
             "_charge": tally.charge,
         }
@@ -184,6 +205,23 @@ class Replayer:
             "itl_p95_s": percentile(itl, 95), **c.client, "edgemeter": record,
         }
         return record, client
+
+
+def on_device(c: tr.Call, p: DeviceProfile, generated_s: float) -> tuple[tr.Call, float]:
+    """The call generated on device ``p``: prefill at its prefill rate, then each token at its
+    decode rate, which drops to ``p.throttled`` of itself once the session has generated for
+    ``p.throttle_after_s``. Frames keep their bytes and tokens; their times are the profile's.
+    Returns the call (its ``cpu_s`` now holds the generation seconds) and those seconds."""
+    t = c.prompt_tokens / p.prefill_tok_s
+    frames = []
+    for _, nbytes, tokens in c.frames:
+        for _ in range(tokens):
+            throttled = generated_s + t >= p.throttle_after_s
+            t += 1.0 / (p.decode_tok_s * (p.throttled if throttled else 1.0))
+        frames.append([t, nbytes, tokens])
+    first = next((f[0] for f in frames if f[2]), None)
+    return dataclasses.replace(c, frames=frames, first_token_s=first, queue_s=0.0, cpu_s=t,
+                               compute_j=None, compute_method=None), t
 
 
 def group_by_device(sessions: list[tr.Session]) -> dict[str, list[tr.Session]]:
@@ -216,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--radio", choices=sorted(RADIO_PROFILES), help="radio profile for every preset (default: each preset's own)")
     a("--compat", choices=["pocket-agent"], help="replay under the agent-placement study's network and radio model "
                                                  "(per-call Gaussian RTT, its radio figures) to set results beside it")
+    a("--device-profile", choices=sorted(PROFILES),
+      help="device whose energy (and, in local mode, generation speed) to use (default: --config's energy.device)")
     a("--seed", default="0", help="seeds the simulated network as the proxy's server.seed does (default 0)")
     a("--config", help="config.yaml whose networks: and energy: sections to use")
     a("--keep-flagged", action="store_true", help="replay sessions that violate replay's assumptions too "
@@ -255,7 +295,8 @@ def main(argv: list[str]) -> int:
     if args.radio:
         chosen = [dataclasses.replace(p, radio=args.radio) for p in chosen]
     seed = int(args.seed) if args.seed.lstrip("-").isdigit() else args.seed
-    energy = ComputeEnergy.from_config({**(config.energy if config else {}), "method": "estimate"})
+    device = {"device": args.device_profile} if args.device_profile else {}
+    energy = ComputeEnergy.from_config({**(config.energy if config else {}), "method": "estimate", **device})
 
     sessions = []
     for path in args.traces:
@@ -323,7 +364,7 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         groups[(r["mode"], r["network"])].append(r)
     head = ["mode / network", "radio", "tasks", "wall s p50", "TTFT s p50", "net share", "radio J p50",
-            "compute J p50", "promotions/task"]
+            "compute J p50", "device J p50", "cloud $ p50", "datacenter J p50", "promotions/task"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (mode, net), g in groups.items():
         ttft = [c["edgemeter"]["ttft_s"] for r in g for c in r["llm_calls"] if c["edgemeter"]["ttft_s"] is not None]
@@ -333,6 +374,9 @@ def table(rows: list[dict]) -> str:
                  f"{percentile(ttft, 50):.3f}" if ttft else "n/a", f"{netd / sum(wall):.3f}" if sum(wall) else "n/a",
                  f"{percentile([r['radio_j'] or 0.0 for r in g], 50):.3f}",
                  f"{percentile([r['compute_j'] or 0.0 for r in g], 50):.3f}",
+                 f"{percentile([r['energy_j'] or 0.0 for r in g], 50):.3f}",  # the device axis ...
+                 f"{percentile([r['cloud_usd'] or 0.0 for r in g], 50):.6f}",  # ... and the cloud's, never summed
+                 f"{percentile([r['cloud_j'] or 0.0 for r in g], 50):.3f}",
                  f"{mean([r['promotions'] for r in g]):.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

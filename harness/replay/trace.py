@@ -77,6 +77,7 @@ class Session:
     one_call: bool = False        # no session header: in cloud mode its response comes down the link
     timeout_s: float | None = None  # the client's per-call timeout
     tool_s: float | None = None   # the agent's tools, all calls
+    tool_cpu_s: float | None = None  # their CPU time on the device (None: not recorded)
     task: dict = field(default_factory=dict)      # dataset, task_id, passed, answer ... (harness rows)
     recorded: dict = field(default_factory=dict)  # wall_s, net_delay_s, radio_j, compute_j as measured
     source: str = ""
@@ -162,7 +163,14 @@ def from_result_row(row: dict, run_info: dict | None = None, source: str = "") -
         device=row.get("device") or "default", mode=row.get("mode") or "local", network=row.get("network") or "local",
         model=row.get("model"), started_at=row.get("started_at") or 0.0, calls=calls, lead_s=max(0.0, lead),
         end_s=max(0.0, end), final_answer_bytes=answer_bytes, wall_s=wall, timeout_s=args.get("timeout"),
-        tool_s=row.get("tool_wall_s"), task={k: row.get(k) for k in _TASK_KEYS}, recorded=energy, source=source)
+        tool_s=row.get("tool_wall_s"), tool_cpu_s=_tool_cpu(row), task={k: row.get(k) for k in _TASK_KEYS}, recorded=energy, source=source)
+
+
+def _tool_cpu(row: dict) -> float | None:
+    tools = row.get("tool_calls") or []
+    if row.get("tool_cpu_s") is not None:
+        return row["tool_cpu_s"]
+    return sum(t["cpu_s"] for t in tools) if tools and all("cpu_s" in t for t in tools) else None
 
 
 # --- proxy request log ---

@@ -164,19 +164,25 @@ def test_promtool_accepts_the_scrape_config():
 
 # --- against a real Prometheus ---
 
-async def send(client, model: str, mode: str, network: str) -> int:
+async def send(client, model: str, mode: str, network: str, session: str) -> int:
     body = {"model": model, "messages": [{"role": "user", "content": "Say hi."}], "stream": True, "max_tokens": 4,
             "n_tokens": 4, "temperature": 0}
     async with client.post("/v1/chat/completions", data=orjson.dumps(body),
                            headers={"Content-Type": "application/json", "X-Edgemeter-Mode": mode,
-                                    "X-Edgemeter-Network": network}) as r:
+                                    "X-Edgemeter-Network": network, "X-Edgemeter-Session": session}) as r:
         await r.read()
         return r.status
 
 
 async def wave(client) -> None:
-    statuses = await asyncio.gather(*(send(client, m, mode, net) for m, mode, net, _ in WAVE))
+    sessions = [f"{m}-{mode}-{net}-{time.monotonic_ns()}" for m, mode, net, _ in WAVE]
+    statuses = await asyncio.gather(*(send(client, m, mode, net, sid) for (m, mode, net, _), sid in zip(WAVE, sessions)))
     assert list(statuses) == [s for *_, s in WAVE]
+    # the device-energy ledger comes at a session's end: end the local ones (no radio tail to wait for)
+    for (_, mode, _, _), sid in zip(WAVE, sessions):
+        if mode == "local":
+            async with client.post(f"/edgemeter/v1/sessions/{sid}/end", json={"tool_cpu_s": 0.5}) as r:
+                assert r.status == 200
 
 
 @pytest.fixture

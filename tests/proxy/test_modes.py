@@ -1,11 +1,15 @@
 """Deployment modes end to end: the simulated network shows up in what the client sees, only where it should."""
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
 
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.radio import LTE, RADIO_PROFILES
 from tests.fake_upstream import make_app
 
 # 4G without jitter or loss: every delay is exact, so the assertions below are bounds, not timings.
@@ -89,3 +93,48 @@ async def test_devices_share_a_link_and_radio_metrics_export(proxy):
     assert any(x.startswith("edgemeter_radio_energy_joules_total") and 'state="active"' in x for x in lines)
     assert any(x.startswith("edgemeter_radio_devices{") for x in lines)
     assert 'direction="up",mode="hybrid"' in text or 'component="propagation"' in text
+
+
+# LTE with its tail timers scaled down 40x (0.25 s in all), so a test can wait a tail out.
+SHORT_LTE = dataclasses.replace(LTE, name="short_lte", tail=tuple(
+    dataclasses.replace(s, duration_s=s.duration_s / 40) for s in LTE.tail))
+
+
+def radio_counters(text: str, network: str) -> tuple[float, float]:
+    """(device radio's non-idle joules, request-attributed joules) for one network, from /metrics."""
+    spent = attributed = 0.0
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.labels.get("network") != network or not s.name.endswith("_total"):
+                continue
+            if s.name == "edgemeter_radio_energy_joules_total" and s.labels["state"] != SHORT_LTE.idle.name:
+                spent += s.value
+            elif s.name == "edgemeter_request_radio_energy_joules_total":
+                attributed += s.value
+    return spent, attributed
+
+
+async def test_hybrid_session_radio_energy_is_what_the_radio_spent(aiohttp_server, proxy_client, monkeypatch):
+    """Five streamed calls 0.1 s apart (each cuts the last one's tail): the session's settled
+    radio energy matches the device radio's non-idle energy on /metrics once the tail is
+    over (5 % allowed, asserted far tighter in practice), and the provisional sum does not."""
+    monkeypatch.setitem(RADIO_PROFILES, SHORT_LTE.name, SHORT_LTE)
+    up = await aiohttp_server(make_app())
+    models = {"echo": {"backend": "upstream", "base_url": str(up.make_url("/v1")), "model": "echo"}}
+    proxy = await proxy_client(models, networks={"short": {"base": "4g", "jitter_ms": 0, "loss": 0.0,
+                                                           "radio": SHORT_LTE.name}})
+    before = radio_counters(await (await proxy.get("/metrics")).text(), "short")
+    h = {"X-Edgemeter-Device": "phone-ledger", "X-Edgemeter-Session": "ledger", "X-Edgemeter-Network": "short"}
+    records = []
+    for _ in range(5):
+        records.append((await call(proxy, "hybrid", h))[1])
+        await asyncio.sleep(0.1)
+    s = await (await proxy.post("/edgemeter/v1/sessions/ledger/end", json={"final_answer": "42"})).json()
+    assert s["radio_tail_provisional_j"] == 0 and s["radio_settle_wait_s"] < 0.5
+    spent, attributed = (a - b for a, b in zip(radio_counters(await (await proxy.get("/metrics")).text(), "short"),
+                                               before))
+    assert s["radio_j"] == pytest.approx(spent, rel=0.05)
+    assert attributed == pytest.approx(s["radio_j"], rel=1e-9)  # the counter holds settled energy only
+    assert s["radio_j"] == pytest.approx(s["radio_promotion_j"] + s["radio_active_j"] + s["radio_tail_j"])
+    provisional = sum(r["radio_j"] + r["radio_tail_provisional_j"] for r in records)
+    assert provisional > s["radio_j"] + SHORT_LTE.tail_j  # four full tails counted, each cut after ~0.1 s

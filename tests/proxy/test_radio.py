@@ -55,7 +55,9 @@ def test_first_transfer_from_idle_pays_promotion_active_and_tail():
     assert r.promotions == 1
     assert c.promotion_j == pytest.approx(0.26 * 1.21)
     assert c.active_j == pytest.approx(1.0 * 1.2 + 0.43839 * 0.008 + 0.05197 * 1.0)
-    assert c.tail_j == pytest.approx(LTE_TAIL_J) and c.pending
+    assert c.pending and c.tail_j == 0.0 and c.tail_provisional_j == pytest.approx(LTE_TAIL_J)
+    assert c.settled_j == pytest.approx(c.promotion_j + c.active_j)  # the tail is not spent yet
+    assert c.provisional_j == pytest.approx(c.settled_j + LTE_TAIL_J)
     assert r.energy_j["promotion"] == pytest.approx(c.promotion_j)
     assert r.time_s["active"] == pytest.approx(1.0)
 
@@ -67,7 +69,8 @@ def test_transfer_in_tail_needs_no_promotion_and_settles_the_earlier_tail():
     b = r.transfer(1.05, 1.2)
     assert r.promotions == 1
     assert not a.pending and a.tail_j == pytest.approx(0.05 * 1.2)  # 50 ms of CR tail at beta
-    assert b.pending and b.tail_j == pytest.approx(LTE_TAIL_J)
+    assert a.tail_provisional_j == 0.0
+    assert b.pending and b.tail_provisional_j == pytest.approx(LTE_TAIL_J) and b.tail_j == 0.0
 
 
 def test_promotion_in_progress_is_shared():
@@ -88,7 +91,8 @@ def test_overlapping_transfers_merge_into_one_busy_period():
     c = r.transfer(1.5, 2.5)  # inside: no new time, keeps no tail
     assert r.time_s["active"] == pytest.approx(3.0)
     assert b.active_j == pytest.approx(1.0 * 0.403) and c.active_j == 0.0
-    assert a.tail_j == 0.0 and c.tail_j == 0.0 and b.tail_j == pytest.approx(0.25 * 0.403)
+    assert a.tail_provisional_j == 0.0 and c.tail_provisional_j == 0.0
+    assert b.tail_provisional_j == pytest.approx(0.25 * 0.403)
 
 
 def test_3g_fach_costs_the_fach_promotion():
@@ -113,9 +117,10 @@ def test_advance_past_tail_settles_and_counts_idle():
     r = Radio(LTE)
     c = r.transfer(0.0, 1.0)
     r.advance(5.0)
-    assert c.pending
+    assert c.pending and c.tail_j == 0.0 and r.quiet_at == pytest.approx(11.12)
     r.advance(31.12)
-    assert not c.pending and c.tail_j == pytest.approx(LTE_TAIL_J)
+    assert not c.pending and c.tail_j == pytest.approx(LTE_TAIL_J) and c.tail_provisional_j == 0.0
+    assert r.quiet_at is None
     assert r.time_s["idle"] == pytest.approx(20.0)
     assert r.energy_j["idle"] == pytest.approx(20.0 * LTE.idle.power_w)
 
@@ -126,8 +131,7 @@ def test_into_accumulates_one_request():
         r.transfer(i * 0.05, i * 0.05 + 0.01, 0, 100, into=req)
     assert r.promotions == 1 and req.pending
     r.advance(100.0)
-    non_idle = sum(v for k, v in r.energy_j.items() if k != "idle")
-    assert req.total_j == pytest.approx(non_idle)
+    assert req.settled_j == pytest.approx(r.non_idle_j)
 
 
 def test_null_profile_costs_nothing():
@@ -135,7 +139,7 @@ def test_null_profile_costs_nothing():
     assert r.promotion_delay(0.0) == 0.0
     c = r.transfer(0.0, 5.0, 10**6, 10**6)
     r.advance(100.0)
-    assert c.total_j == 0.0 and r.promotions == 0 and sum(r.energy_j.values()) == 0.0
+    assert c.settled_j == 0.0 and not c.pending and r.promotions == 0 and sum(r.energy_j.values()) == 0.0
 
 
 transfers = st.lists(st.tuples(st.floats(0, 15), st.floats(0, 3), st.integers(0, 10**6), st.integers(0, 10**6)),
@@ -153,14 +157,50 @@ def replay(profile, raw):
     return r, t, charges
 
 
+PROFILES = st.sampled_from(list(RADIO_PROFILES.values()))
+
+
 @settings(max_examples=60, deadline=None)
-@given(st.sampled_from([LTE, UMTS, WIFI, NR5G_NSA]), transfers)
+@given(PROFILES, transfers)
 def test_charges_add_up_to_device_energy(profile, raw):
     r, t, charges = replay(profile, raw)
     r.advance(t + 100.0)
     assert not any(c.pending for c in charges)
-    non_idle = sum(v for k, v in r.energy_j.items() if k != profile.idle.name)
-    assert sum(c.total_j for c in charges) == pytest.approx(non_idle, rel=1e-9, abs=1e-9)
+    assert sum(c.settled_j for c in charges) == pytest.approx(r.non_idle_j, rel=1e-9, abs=1e-9)
+
+
+# An agent's calls on one device: each step offers one transfer of request `req` (a
+# streamed response is many), `back` seconds before the clock (concurrent requests
+# arrive slightly out of order), and may first scrape (advance to now).
+calls = st.lists(st.tuples(st.floats(0, 12), st.integers(0, 3), st.floats(0, 1), st.floats(0, 2),
+                           st.integers(0, 10**5), st.booleans()), min_size=1, max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(PROFILES, calls)
+def test_settled_energy_is_conserved_and_only_grows(profile, steps):
+    """At every moment the requests' settled energy is energy the radio has spent (so a
+    counter fed with it never runs ahead or back), and once the tails are over it is all of it."""
+    r, t = Radio(profile), 0.0
+    reqs = [RadioCharge() for _ in range(4)]
+    counted = [0.0] * 4  # what on_settle has reported: a Prometheus counter's view
+    for i, c in enumerate(reqs):
+        c.on_settle = lambda j, i=i: counted.__setitem__(i, counted[i] + j)
+    last = 0.0
+    for gap, req, back, dur, nbytes, scrape in steps:
+        t += gap
+        if scrape:
+            r.advance(t)
+        start = max(0.0, t - back)
+        r.transfer(start, start + r.promotion_delay(start) + dur, nbytes, nbytes, into=reqs[req])
+        settled = sum(c.settled_j for c in reqs)
+        assert settled >= last - 1e-9
+        assert settled <= r.non_idle_j + 1e-9
+        last = settled
+    r.advance(t + 100.0)
+    assert not any(c.pending for c in reqs) and r.quiet_at is None
+    assert sum(c.settled_j for c in reqs) == pytest.approx(r.non_idle_j, rel=1e-9, abs=1e-9)
+    assert sum(c.tail_j for c in reqs) == pytest.approx(sum(counted), rel=1e-9, abs=1e-9)
 
 
 @settings(max_examples=60, deadline=None)
@@ -169,7 +209,7 @@ def test_energy_grows_with_bytes(profile, raw, extra):
     _, _, base = replay(profile, raw)
     more = [(g, d, u + extra, dn + extra) for g, d, u, dn in raw]
     _, _, bigger = replay(profile, more)
-    total, total_more = sum(c.total_j for c in base), sum(c.total_j for c in bigger)
+    total, total_more = sum(c.provisional_j for c in base), sum(c.provisional_j for c in bigger)
     if profile.alpha_up_w or profile.alpha_down_w:
         assert total_more > total
     else:
@@ -207,3 +247,24 @@ def test_out_of_order_start_before_advanced_clock_is_moved_forward():
     assert r.time_s["psm"] == pytest.approx(10.0 - 1.25)
     assert c.active_j == 0.0  # it ends before the clock: nothing new to charge but its tail
     assert r.promotions == 0  # Wi-Fi power-save wake-ups are not promotions
+
+
+def test_meter_counts_request_radio_energy_only_once_spent():
+    """The request counter and the energy-per-token histogram see a tail when it settles, never its
+    provisional figure: a Prometheus counter cannot take back what it was given."""
+    from proxy import metrics as m
+    from proxy.meter import RequestMeter
+    labels = ("settle-test", "upstream", "hybrid", "lte-test")
+    meter = RequestMeter(*labels, "dev", None, t_received=0.0, bytes_up=0)
+    meter.completion_tokens = 4
+    r = Radio(LTE)
+    r.transfer(0.0, 0.26 + 1.0, 0, 1000, into=meter.net.charge)
+    record = meter.finish(200)
+    counter, per_token = m.REQ_RADIO_ENERGY.labels(*labels), m.ENERGY_PER_TOKEN.labels(*labels)
+    spent_at_finish = meter.net.charge.settled_j
+    assert record["radio_j"] == spent_at_finish and not record["radio_settled"]
+    assert record["radio_tail_provisional_j"] == pytest.approx(LTE_TAIL_J)
+    assert counter._value.get() == pytest.approx(spent_at_finish) and per_token._sum.get() == 0
+    r.advance(100.0)  # the tail ran out: now it is spent
+    assert counter._value.get() == pytest.approx(spent_at_finish + LTE_TAIL_J) == pytest.approx(r.non_idle_j)
+    assert per_token._sum.get() == pytest.approx(r.non_idle_j / 4)

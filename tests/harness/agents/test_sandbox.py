@@ -52,6 +52,14 @@ def test_infinite_loop_times_out(sandbox):
     assert not grade(mbpp_task(), answer("while True:\n    pass"), sandbox, short).passed
 
 
+def test_reports_the_codes_own_cpu_time(sandbox):
+    busy = sandbox.run("import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3:\n    pass")
+    idle = sandbox.run("import time\ntime.sleep(0.3)")
+    assert busy.ok and idle.ok
+    assert 0.3 <= busy.cpu_s < busy.wall_s + 0.05  # at least the loop's own 0.3 s of CPU
+    assert idle.cpu_s < 0.1 and idle.wall_s >= 0.3  # sleeping costs wall time, not CPU
+
+
 def test_cpu_limit_stops_busy_code(sandbox):
     r = sandbox.run("while True:\n    pass", limits=Limits(wall_s=10.0, cpu_s=1.0))
     assert r.status == "crashed" and "limit" in r.error

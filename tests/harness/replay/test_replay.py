@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import json
 
 import orjson
@@ -16,6 +17,8 @@ from harness.replay import trace as tr
 from harness.agents.results import read_rows
 from proxy.energy import ComputeEnergy
 from proxy.link import HEADER, pocket_agent, presets_from_config
+from proxy.profiles import PROFILES
+from proxy.radio import LTE
 from tests.conftest import make_config, wait_ready
 from tests.fake_upstream import chunk
 
@@ -93,8 +96,12 @@ def test_fixed_delay_preset_adds_promotion_and_link_delays_exactly():
     assert row["promotions"] == 1 and c2["promotions"] == 0
     net = c1["net_delay_s"]["total"] + c2["net_delay_s"]["total"]
     assert row["net_delay_s"] == pytest.approx(net) and row["wall_s"] == pytest.approx(s.wall_s + net)
-    assert c1["radio_j"] > 10  # promotion, active time and LTE's full ~10 s tail, provisional as in the proxy
-    assert 0 < row["radio_settled_j"] < row["radio_j"]  # the second call cut the first one's tail short
+    # each record shows its tail as provisional, as the proxy's do; the session's total is settled
+    assert not c1["radio_settled"] and c1["radio_tail_provisional_j"] == pytest.approx(LTE.tail_j)
+    assert row["session_record"]["radio_tail_provisional_j"] == 0
+    cut = row["radio_j"] - c1["radio_j"] - c2["radio_j"] - LTE.tail_j  # c1's tail, cut short by c2
+    assert 0 < cut < 0.6 * LTE.base_w  # ~0.5 s of tail between the calls, at most at the CR-tail power
+    assert row["radio_j"] < sum(c["radio_j"] + c["radio_tail_provisional_j"] for c in (c1, c2)) - 9
 
 
 def test_cloud_mode_charges_only_the_task_up_and_the_answer_down():
@@ -121,8 +128,13 @@ def test_pocket_agent_compat_charges_one_rtt_per_call_and_its_radio():
                                                        abs=1e-9)
     assert c2["ttft_s"] == pytest.approx(0.05 + 1000 * 8 / UP_BPS + rtt + 150 * 8 / DOWN_BPS, abs=1e-9)
     assert row["radio"] == "pocket-agent" and row["promotions"] == 1
-    # its 0.5 J promotion, 1.2 W while busy (well under a second), its provisional 7 s tail at 0.6 W
-    assert 0.5 + 7 * 0.6 < c1["radio_j"] < 0.5 + 7 * 0.6 + 1.2 * 1.0
+    # its 0.5 J promotion, 1.2 W while busy (well under a second), and a 7 s tail at 0.6 W, still
+    # provisional when the call finished (the next call cuts it)
+    assert c1["radio_tail_provisional_j"] == pytest.approx(7 * 0.6)
+    assert 0.5 < c1["radio_j"] < 0.5 + 1.2 * 1.0
+    # the task's total is what the radio spent: both calls' promotion and transfers, the first
+    # tail up to the second call, and the last tail in full
+    assert 0.5 + 7 * 0.6 < row["radio_j"] < c1["radio_j"] + 1.2 * 1.0 + 7 * 0.6 + 0.6 * s.wall_s
 
 
 def test_same_seed_same_replay_other_seed_other_draws():
@@ -135,10 +147,14 @@ def test_same_seed_same_replay_other_seed_other_draws():
     assert run_(7) != run_(8)
 
 
-def test_sessions_of_a_device_share_its_radio_in_recorded_order():
-    near = [session("a", started_at=1000.0), session("b", started_at=1000.0 + 1.3 + 2.0)]  # 2 s apart: in the tail
+def test_session_end_waits_out_the_tail_so_the_next_session_starts_idle():
+    near = [session("a", started_at=1000.0), session("b", started_at=1000.0 + 1.3 + 2.0)]  # 2 s apart
     rows = replay.sweep(near, ["hybrid"], [PRESETS["fixed4g"]], 0, ENERGY)
-    assert [r["promotions"] for r in rows] == [1, 0]
+    assert [r["promotions"] for r in rows] == [1, 1]  # as live: the end waited for a's tail
+    a = rows[0]["session_record"]
+    assert a["radio_settle_wait_s"] == pytest.approx(LTE.tail_s, abs=0.05)  # ends right after its last frame
+    assert a["radio_tail_j"] > LTE.tail_j  # its whole last tail, plus the cut-short ones before
+    assert rows[0]["wall_s"] < 5  # the wait is not the task's time
     apart = [session("a", started_at=1000.0), session("b", started_at=1000.0 + 1.3 + 30.0)]  # past the tail
     assert [r["promotions"] for r in replay.sweep(apart, ["hybrid"], [PRESETS["fixed4g"]], 0, ENERGY)] == [1, 1]
 
@@ -271,3 +287,39 @@ def test_trace_files_keep_every_field():
     bad["version"] = 99
     with pytest.raises(ValueError, match="version"):
         tr.Session.from_json(bad)
+
+
+def test_device_profile_regenerates_local_calls_at_its_token_rates_and_throttles():
+    phone = PROFILES["phone"]
+    energy = ComputeEnergy.from_config({"method": "estimate", "device": "phone"})
+    s = session(tool_cpu_s=0.25)
+    (row,) = replay.Replayer("local", PRESETS["4g"], 0, energy).device_rows(s.device, [s])
+    c1, c2 = (c["edgemeter"] for c in row["llm_calls"])
+    prefill, tok = 20 / phone.prefill_tok_s, 1 / phone.decode_tok_s
+    assert c1["backend_ttft_s"] == pytest.approx(prefill + tok)
+    assert c1["e2e_s"] == pytest.approx(prefill + 3 * tok + 0.002)  # last frame + the recorded tail
+    assert c1["compute_j"] == pytest.approx(phone.generating_w * (prefill + 3 * tok))
+    assert c1["compute_energy_method"] == "profile:phone"
+    sr = row["session_record"]
+    assert sr["tools_j"] == pytest.approx(0.25 * phone.cpu_core_w)
+    assert sr["baseline_j"] == pytest.approx(phone.baseline_w * row["wall_s"])
+    assert row["energy_j"] == pytest.approx(sr["baseline_j"] + row["compute_j"] + sr["tools_j"] + row["radio_j"])
+    # a phone that throttles during call 2's third token: 2 prefills + 4.5 tokens into the session
+    slow = dataclasses.replace(phone, throttle_after_s=2 * prefill + 4.5 * tok)
+    c, gen = replay.on_device(s.calls[1], slow, prefill + 3 * tok)
+    assert gen == pytest.approx(prefill + 2 * tok + tok / slow.throttled)
+    assert [f[0] for f in c.frames][-1] == pytest.approx(gen)
+
+
+def test_replay_prices_the_cloud_side_apart_from_the_device():
+    energy = ComputeEnergy.from_config({"method": "estimate", "device": "phone",
+                                        "cloud": {"m": {"usd_per_mtok_in": 1.0, "usd_per_mtok_out": 4.0,
+                                                        "dc_j_per_output_token": 0.3}}})
+    rows = {mode: replay.Replayer(mode, PRESETS["fixed4g"], 0, energy).device_rows("phone", [session()])[0]
+            for mode in ("local", "hybrid")}
+    assert rows["local"]["cloud_usd"] == 0 and rows["local"]["cloud_j"] == 0  # the model is on the device
+    h = rows["hybrid"]
+    assert h["cloud_usd"] == pytest.approx((2 * 20 * 1.0 + 2 * 3 * 4.0) / 1e6)  # 2 calls: 20 in, 3 out each
+    assert h["cloud_j"] == pytest.approx(2 * 3 * 0.3)
+    sr = h["session_record"]
+    assert h["energy_j"] == pytest.approx(sr["baseline_j"] + sr["compute_j"] + sr["tools_j"] + sr["radio_j"])
