@@ -73,10 +73,12 @@ def test_cannot_write_outside_the_workspace(sandbox, tmp_path):
     ws = tmp_path / "ws"
     ws.mkdir()
     target = tmp_path / "escaped.txt"
-    in_tmp = Path(tempfile.gettempdir()) / f"edgemeter-escape-{os.getpid()}"
-    for path in (target, in_tmp, Path("/work/escaped.txt")):
+    for path in (target, Path("/work/escaped.txt")):
         r = sandbox.run(f"open({str(path)!r}, 'w').write('x')", cwd=ws)
         assert not r.ok and not path.exists()
+    in_tmp = Path(tempfile.gettempdir()) / f"edgemeter-escape-{os.getpid()}"
+    assert sandbox.run(f"open({str(in_tmp)!r}, 'w').write('x')", cwd=ws).ok  # the job's own empty /tmp
+    assert not in_tmp.exists()
     assert sandbox.run("open('inside.txt', 'w').write('ok')", cwd=ws).ok
     assert (ws / "inside.txt").read_text() == "ok"
 
