@@ -32,6 +32,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--dataset", default="gsm8k")
     p.add_argument("--limit", type=int, default=3, help="tasks per sweep point")
     p.add_argument("--out", default=None, help="run directory (default runs/quickstart-<time>)")
+    p.add_argument("--unsafe-no-sandbox", action="store_true",
+                   help="run model-written code with no isolation where the sandbox cannot be built (e.g. macOS)")
     args = p.parse_args(argv)
     out = Path(args.out or f"runs/quickstart-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
@@ -49,6 +51,8 @@ def main(argv: list[str]) -> int:
             cmd.append("--no-progress")
         if args.data_dir:
             cmd += ["--data-dir", args.data_dir]
+        if args.unsafe_no_sandbox:
+            cmd.append("--unsafe-no-sandbox")
         code = run.main(cmd)
         os.unlink(f.name)
         if code:

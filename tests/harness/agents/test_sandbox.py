@@ -127,4 +127,16 @@ time.sleep(0.3)
 def test_isolation_is_reported(sandbox):
     assert any(name.startswith("rlimits") for name in sandbox.isolation)
     if os.geteuid() == 0:
-        assert {"no_network", "pid_namespace", "unprivileged_uid"} <= set(sandbox.isolation)
+        assert {"no_network", "pid_namespace", "private_proc", "minimal_root", "capabilities_dropped",
+                "unprivileged_uid"} <= set(sandbox.isolation)
+
+
+def test_refuses_when_the_jail_cannot_be_built(monkeypatch):
+    from harness.agents import sandbox as sandbox_mod
+    broken = dict(sandbox_mod.runtime(), ro=[*sandbox_mod.runtime()["ro"], "/nonexistent/edgemeter-runtime"])
+    monkeypatch.setattr(sandbox_mod, "runtime", lambda: broken)
+    with pytest.raises(sandbox_mod.SandboxUnavailable, match=r"missing: minimal_root, private_proc.*--unsafe-no-sandbox"):
+        Sandbox(1, LIMITS)
+    with Sandbox(1, LIMITS, unsafe=True) as unsafe:  # the explicit opt-out runs, and says so
+        assert unsafe.isolation == [sandbox_mod.UNSAFE]
+        assert unsafe.run("print(1)").output == "1\n"
