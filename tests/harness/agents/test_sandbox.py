@@ -135,7 +135,8 @@ def test_refuses_when_the_jail_cannot_be_built(monkeypatch):
     from harness.agents import sandbox as sandbox_mod
     broken = dict(sandbox_mod.runtime(), ro=[*sandbox_mod.runtime()["ro"], "/nonexistent/edgemeter-runtime"])
     monkeypatch.setattr(sandbox_mod, "runtime", lambda: broken)
-    with pytest.raises(sandbox_mod.SandboxUnavailable, match=r"missing: minimal_root, private_proc.*--unsafe-no-sandbox"):
+    refused = r"missing: minimal_root, private_proc.*--unsafe-no-sandbox"
+    with pytest.raises(sandbox_mod.SandboxUnavailable, match=refused):
         Sandbox(1, LIMITS)
     with Sandbox(1, LIMITS, unsafe=True) as unsafe:  # the explicit opt-out runs, and says so
         assert unsafe.isolation == [sandbox_mod.UNSAFE]
