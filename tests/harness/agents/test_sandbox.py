@@ -141,3 +141,17 @@ def test_refuses_when_the_jail_cannot_be_built(monkeypatch):
     with Sandbox(1, LIMITS, unsafe=True) as unsafe:  # the explicit opt-out runs, and says so
         assert unsafe.isolation == [sandbox_mod.UNSAFE]
         assert unsafe.run("print(1)").output == "1\n"
+
+
+def test_code_holds_no_capabilities(sandbox):
+    status = sandbox.run("print(open('/proc/self/status').read())").output
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    assert fields["CapEff"] == fields["CapPrm"] == "0000000000000000"
+    assert fields["NoNewPrivs"] == "1"
+
+
+def test_code_sees_the_standard_library_only(sandbox):
+    """No site-packages on the path and no editable-install finder (it points into the checkout)."""
+    code = "import sys\nprint([p for p in sys.path if 'packages' in p], [repr(f) for f in sys.meta_path[3:]])\nimport yaml"
+    r = sandbox.run(code)
+    assert r.output.startswith("[] []\n") and r.error == "ModuleNotFoundError: No module named 'yaml'"
