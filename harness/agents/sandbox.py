@@ -77,9 +77,11 @@ def runtime() -> dict:
     exe = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
     stdlib = os.path.realpath(sysconfig.get_path("stdlib"))
     dynload = os.path.join(stdlib, "lib-dynload")
-    exts = sorted(os.path.join(dynload, f) for f in os.listdir(dynload) if f.endswith(".so"))
+    names = os.listdir(dynload) if os.path.isdir(dynload) else []  # none in a static build
+    exts = sorted(os.path.join(dynload, f) for f in names if f.endswith(".so"))
     libs = set()
-    out = subprocess.run(["ldd", exe, *exts], capture_output=True, text=True).stdout
+    # no ldd (macOS): there is no jail to furnish either
+    out = subprocess.run(["ldd", exe, *exts], capture_output=True, text=True).stdout if shutil.which("ldd") else ""
     for line in out.splitlines():
         path = line.split("=>")[-1].split("(")[0].strip()
         if path.startswith("/") and os.path.exists(path):
