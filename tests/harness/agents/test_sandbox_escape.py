@@ -188,6 +188,7 @@ r, w = os.pipe()
 if os.fork() == 0:
     os.setsid()
     if os.fork() == 0:
+        open("beacon", "a").close()
         os.write(w, str(os.getpid()).encode())
         while True:
             with open("beacon", "a") as f:
