@@ -40,6 +40,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--dataset", default=None, help="default: GSM8K when fetched, else HumanEval from its package")
     p.add_argument("--limit", type=int, default=3, help="tasks per sweep point")
     p.add_argument("--out", default=None, help="run directory (default runs/quickstart-<time>)")
+    p.add_argument("--unsafe-no-sandbox", action="store_true",
+                   help="run model-written code with no isolation where the sandbox cannot be built (e.g. macOS)")
     args = p.parse_args(argv)
     args.dataset = args.dataset or choose_dataset(args.data_dir)
     data.resolve(args.dataset, args.data_dir)  # a missing data set stops here, before the proxy starts
@@ -59,6 +61,8 @@ def main(argv: list[str]) -> int:
             cmd.append("--no-progress")
         if args.data_dir:
             cmd += ["--data-dir", args.data_dir]
+        if args.unsafe_no_sandbox:
+            cmd.append("--unsafe-no-sandbox")
         code = run.main(cmd)
         os.unlink(f.name)
         if code:

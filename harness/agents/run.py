@@ -28,10 +28,10 @@ from pathlib import Path
 from harness.agents import agent
 from harness.common import datasets
 from harness.agents import grading
-from harness.common.client import OpenAIClient
+from harness.common.client import OpenAIClient, add_api_key_argument
 from harness.data import Source
 from harness.agents.results import ResultsFile, attempt_key
-from harness.agents.sandbox import Sandbox
+from harness.agents.sandbox import Sandbox, SandboxUnavailable
 from harness.agents.tools import Toolbox, Workspace
 
 H_MODE, H_NETWORK, H_DEVICE, H_SESSION = ("X-Edgemeter-Mode", "X-Edgemeter-Network", "X-Edgemeter-Device",
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m harness run", description=__doc__.split("\n\n")[0])
     a = p.add_argument
     a("--base-url", default=os.environ.get("EDGEMETER_BASE_URL", "http://127.0.0.1:8080/v1"))
-    a("--api-key", default=os.environ.get("OPENAI_API_KEY"))
+    add_api_key_argument(p)
     a("--dataset", required=True, help=f"one or more of {','.join(datasets.DATASETS)}, comma-separated")
     a("--data-dir", default=None, help="benchmark data folder (default $EDGEMETER_DATA, else ~/.cache/edgemeter/data)")
     a("--limit", type=int, help="tasks per dataset")
@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--transcripts", action="store_true", help="store each attempt's messages in results.jsonl")
     a("--no-progress", action="store_true")
     a("--no-report", action="store_true")
+    a("--unsafe-no-sandbox", action="store_true",
+      help="run model-written code with no isolation where the sandbox cannot be built (e.g. macOS)")
     return p
 
 
@@ -274,7 +276,11 @@ async def _run(args) -> int:
         combos = load_combos(args, None if _csv(args.models) else await _default_model(client))
         done = results.done_keys()
         jobs = [j for j in plan(tasks, combos, args.n, repeats) if j.key() not in done]
-        with Sandbox(concurrency + 1) as sandbox:
+        try:
+            sandbox = Sandbox(concurrency + 1, unsafe=args.unsafe_no_sandbox)
+        except SandboxUnavailable as e:
+            raise SystemExit(f"error: {e}") from None
+        with sandbox:
             _write_run_info(out, args, run_mode, combos, ks, sandbox.isolation, sources)
             runner = Runner(args, client, sandbox, results, run_mode)
             print(f"{len(jobs)} attempts to run ({len(done)} already recorded), {len(combos)} sweep point(s), "

@@ -1,18 +1,24 @@
 """Run model-written code in a separate, limited, throwaway process.
 
 A pool of warm workers (``sandbox_worker.py``) is started ahead of need: each has
-already paid for interpreter start-up and its isolation (network, IPC, mount and PID
-namespaces where the OS allows), and runs exactly one job before it is discarded, so
-no state leaks between runs. Per job: wall time enforced here, CPU time, address
-space, file size and (with a per-slot uid when we are root) process count limited by
-rlimits; the code runs in its workspace as an unprivileged uid on a read-only
-filesystem where permitted. Afterwards everything the job started is killed: the PID
-namespace's init dies (the kernel kills the rest), plus the process group, plus, with
-no PID namespace, every process of the slot's uid.
+already paid for interpreter start-up and its jail, and runs exactly one job before it
+is discarded, so no state leaks between runs. The jail: network, IPC, UTS, mount and PID
+namespaces; a minimal root holding only the workspace (read-write), the interpreter, its
+shared libraries and standard library (read-only), ``/dev/null``, ``/dev/urandom``, an
+empty ``/tmp`` and a ``/proc`` of the job's own PID namespace; an unprivileged uid (per
+slot, when we are root) or a user namespace, with every capability dropped. Per job: wall
+time enforced here, CPU time, address space, file size and (with the per-slot uid)
+process count limited by rlimits. Afterwards everything the job started is killed: the
+PID namespace's init dies (the kernel kills the rest), plus the process group.
+
+Where the OS cannot build the jail (macOS, Linux without user namespaces for a non-root
+user) ``Sandbox`` refuses to start unless ``unsafe=True`` (``--unsafe-no-sandbox``),
+which runs the code with no isolation and no limits but the wall time.
 """
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import queue
@@ -21,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -28,10 +35,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 _WORKER = str(Path(__file__).with_name("sandbox_worker.py"))
-# One unprivileged uid per pool slot, so RLIMIT_NPROC and kill-by-uid are per slot; offset by our
+# One unprivileged uid per pool slot, so RLIMIT_NPROC counts one job's processes; offset by our
 # pid so that pools in concurrent harness processes never share a uid.
 _UID_BASE = 200_000 + (os.getpid() % 10_000) * 256
 MAX_POOL = 256
+# What the jail must have before untrusted code may run in it.
+REQUIRED = ("no_network", "ipc", "uts", "minimal_root", "pid_namespace", "private_proc")
+UNSAFE = "none (--unsafe-no-sandbox)"
+
+
+class SandboxUnavailable(RuntimeError):
+    """The OS cannot isolate model-written code here."""
 
 
 @dataclass(frozen=True)
@@ -55,18 +69,44 @@ class RunResult:
     cpu_s: float | None = None  # the code's CPU time; None when it was killed before reporting
 
 
+@functools.cache
+def runtime() -> dict:
+    """What the code's Python needs, read-only: the base interpreter (not the project's venv, whose
+    site-packages and editable-install finder point into the checkout), its standard library
+    (without its own site-packages: tasks import the standard library only) and the shared
+    libraries the interpreter and the standard library's extension modules link."""
+    exe = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+    stdlib = os.path.realpath(sysconfig.get_path("stdlib"))
+    dynload = os.path.join(stdlib, "lib-dynload")
+    names = os.listdir(dynload) if os.path.isdir(dynload) else []  # none in a static build
+    exts = sorted(os.path.join(dynload, f) for f in names if f.endswith(".so"))
+    libs = set()
+    # no ldd (macOS): there is no jail to furnish either
+    out = subprocess.run(["ldd", exe, *exts], capture_output=True, text=True).stdout if shutil.which("ldd") else ""
+    for line in out.splitlines():
+        path = line.split("=>")[-1].split("(")[0].strip()
+        if path.startswith("/") and os.path.exists(path):
+            libs.add(path)
+    site = {os.path.realpath(sysconfig.get_path(k, vars={"base": sys.base_prefix, "platbase": sys.base_prefix}))
+            for k in ("purelib", "platlib")}
+    hide = sorted(p for p in site if p.startswith(stdlib + "/") and os.path.isdir(p))
+    return {"exe": exe, "ro": sorted({exe, stdlib, *libs}), "hide": hide}
+
+
 class _Worker:
-    def __init__(self, slot: int, root: bool):
+    def __init__(self, slot: int, root: bool, spec: dict):
         self.slot = slot
-        self.uid = _UID_BASE + slot if root else None
+        self.uid = _UID_BASE + slot if root and not spec["unsafe"] else None
         r, w = os.pipe()
+        # -I -S: no environment, no user or venv site-packages; the worker imports the standard library only
         self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-u", _WORKER, str(w)], pass_fds=(w,), stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"})
+            [spec["exe"], "-I", "-S", "-u", _WORKER, str(w), json.dumps(spec)], pass_fds=(w,),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
         os.close(w)
         self.result_fd = r
         self.hello: dict | None = None
+        self.child: int | None = None  # the code's process: init of its PID namespace
         self._buf = b""
 
     def messages(self, data: bytes) -> list[dict]:
@@ -82,7 +122,7 @@ class _Worker:
 
     def wait_ready(self, timeout: float = 30.0) -> dict:
         deadline = time.monotonic() + timeout
-        while self.hello is None:
+        while self.hello is None or self.child is None:
             left = deadline - time.monotonic()
             sel = selectors.DefaultSelector()
             sel.register(self.result_fd, selectors.EVENT_READ)
@@ -92,19 +132,18 @@ class _Worker:
             if not data:
                 raise RuntimeError(f"sandbox worker died: {self.proc.stdout.read().decode(errors='replace')[-500:]}")
             for msg in self.messages(data):
+                self.child = msg.get("child", self.child)
                 if msg.get("ready"):
                     self.hello = msg
         return self.hello
 
-    def destroy(self, child: int | None) -> None:
-        if child:
-            _kill(child)  # init of the PID namespace: its death takes every process in it
+    def destroy(self) -> None:
+        if self.child:
+            _kill(self.child)  # init of the PID namespace: its death takes every process in it
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        if self.uid is not None and "pid_namespace" not in (self.hello or {}).get("isolation", []):
-            _kill_uid(self.uid)
         self.proc.wait()
         for f in (self.proc.stdin, self.proc.stdout):
             f.close()
@@ -118,32 +157,21 @@ def _kill(pid: int) -> None:
         pass
 
 
-def _kill_uid(uid: int) -> None:
-    """Kill every process of ``uid`` until none is left (catches setsid and double-fork escapes)."""
-    if not os.path.isdir("/proc"):
-        return
-    for _ in range(20):
-        found = False
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    if os.stat(f"/proc/{entry}").st_uid == uid:
-                        found = True
-                        _kill(int(entry))
-                except FileNotFoundError:
-                    pass
-        if not found:
-            return
-        time.sleep(0.01)
-
-
 class Sandbox:
-    """A pool of ``size`` warm workers; ``run`` is thread-safe and ``arun`` is its async form."""
+    """A pool of ``size`` warm workers; ``run`` is thread-safe and ``arun`` is its async form.
 
-    def __init__(self, size: int = 2, limits: Limits = Limits()):
+    Raises ``SandboxUnavailable`` when the jail cannot be built here, unless ``unsafe``.
+    """
+
+    def __init__(self, size: int = 2, limits: Limits = Limits(), *, unsafe: bool = False):
         self.size = min(max(1, size), MAX_POOL)
         self.limits = limits
+        self.unsafe = unsafe
         self.root = os.geteuid() == 0
+        # the minimal root is built on a tmpfs mounted over this empty directory, in each worker's own
+        # mount namespace: the host sees it empty
+        self._jail_dir = None if unsafe else tempfile.mkdtemp(prefix="edgemeter-jail-")
+        self._spec = {**runtime(), "unsafe": unsafe, "root": self._jail_dir, "tmp_bytes": limits.fsize_bytes}
         self._idle: list[_Worker] = []
         self._free_slots = list(range(self.size))
         self._cv = threading.Condition()
@@ -152,7 +180,11 @@ class Sandbox:
         threading.Thread(target=self._spawner, daemon=True, name="sandbox-spawner").start()
         for _ in range(self.size):
             self._spawn_async()
-        self.isolation = self._peek_isolation()
+        try:
+            self.isolation = self._peek_isolation()
+        except BaseException:
+            self.close()
+            raise
 
     def _peek_isolation(self) -> list[str]:
         w = self._take()
@@ -162,6 +194,17 @@ class Sandbox:
             with self._cv:
                 self._idle.append(w)
                 self._cv.notify_all()
+        if self.unsafe:
+            return [UNSAFE]
+        missing = [name for name in REQUIRED if name not in applied]
+        if not self.root and "userns" not in applied:
+            missing.append("userns")
+        if missing:
+            raise SandboxUnavailable(
+                f"cannot isolate model-written code on this machine (missing: {', '.join(missing)}); it would see "
+                "the host's files and processes. Run the harness in a Linux container or VM (as root, or with "
+                "unprivileged user namespaces enabled), or pass --unsafe-no-sandbox to run it with no isolation.")
+        applied.append("capabilities_dropped")
         applied.append("rlimits(cpu,as,fsize,nofile)")
         if self.root:
             applied += ["unprivileged_uid", "rlimit_nproc"]
@@ -179,7 +222,7 @@ class Sandbox:
                     return
                 slot = self._free_slots.pop()
             try:
-                w = _Worker(slot, self.root)
+                w = _Worker(slot, self.root, self._spec)
             except OSError:
                 with self._cv:
                     self._free_slots.append(slot)
@@ -188,7 +231,7 @@ class Sandbox:
                 continue
             with self._cv:
                 if self._closed:
-                    w.destroy(None)
+                    w.destroy()
                     return
                 self._idle.append(w)
                 self._cv.notify_all()
@@ -201,8 +244,8 @@ class Sandbox:
                 self._cv.wait()
             return self._idle.pop()
 
-    def _release(self, w: _Worker, child: int | None) -> None:
-        w.destroy(child)
+    def _release(self, w: _Worker) -> None:
+        w.destroy()
         with self._cv:
             self._free_slots.append(w.slot)
             closed = self._closed
@@ -221,29 +264,28 @@ class Sandbox:
         workdir = os.path.realpath(cwd if cwd is not None else tmp)
         t0 = time.perf_counter()
         w = self._take()
-        child = None
         try:
-            hello = w.wait_ready()
+            w.wait_ready()
             job = {"code": code, "cwd": workdir, "repl": repl, "cpu_s": lim.cpu_s, "mem_bytes": lim.mem_bytes,
                    "fsize_bytes": lim.fsize_bytes, "nproc": lim.nproc if w.uid is not None else 0, "uid": w.uid}
             w.proc.stdin.write((json.dumps(job) + "\n").encode())
             w.proc.stdin.flush()
-            output, result, exit_code, child, timed_out = self._collect(w, t0 + lim.wall_s, lim.output_bytes)
+            output, result, exit_code, timed_out = self._collect(w, t0 + lim.wall_s, lim.output_bytes)
         finally:
-            self._release(w, child)
+            self._release(w)
             if tmp:
                 shutil.rmtree(tmp, ignore_errors=True)
         wall = time.perf_counter() - t0
         text = output.decode("utf-8", errors="replace")
         if timed_out:
-            return RunResult(False, "timeout", text, f"wall time limit {lim.wall_s:g} s exceeded", wall, hello["isolation"])
+            return RunResult(False, "timeout", text, f"wall time limit {lim.wall_s:g} s exceeded", wall, self.isolation)
         if result is None:
             why = f"killed by signal {-exit_code}" if exit_code is not None and exit_code < 0 else f"exit {exit_code}"
             if exit_code == -signal.SIGXCPU or exit_code == -signal.SIGKILL:
                 why += " (CPU or memory limit)"
-            return RunResult(False, "crashed", text, why, wall, hello["isolation"])
+            return RunResult(False, "crashed", text, why, wall, self.isolation)
         return RunResult(result["ok"], "ok" if result["ok"] else "error", text, result.get("error"), wall,
-                         hello["isolation"], result.get("cpu_s"))
+                         self.isolation, result.get("cpu_s"))
 
     @staticmethod
     def _collect(w: _Worker, deadline: float, cap: int):
@@ -252,12 +294,12 @@ class Sandbox:
         sel.register(out_fd, selectors.EVENT_READ)
         sel.register(w.result_fd, selectors.EVENT_READ)
         chunks, size = [], 0
-        result = exit_code = child = None
+        result = exit_code = None
         done = False
         while not done:
             left = deadline - time.perf_counter()
             if left <= 0:
-                return b"".join(chunks), result, exit_code, child, True
+                return b"".join(chunks), result, exit_code, True
             for key, _ in sel.select(left):
                 data = os.read(key.fd, 65536)
                 if key.fd == out_fd:
@@ -270,7 +312,6 @@ class Sandbox:
                 if not data:  # the worker is gone
                     done = True
                 for msg in w.messages(data):
-                    child = msg.get("child", child)
                     result = msg.get("result", result)
                     if "exit" in msg:
                         exit_code, done = msg["exit"], True
@@ -282,7 +323,7 @@ class Sandbox:
                 size += len(chunks[-1])
         except (BlockingIOError, OSError):
             pass
-        return b"".join(chunks), result, exit_code, (child if exit_code is None else None), False
+        return b"".join(chunks), result, exit_code, False
 
     async def arun(self, code: str, **kw) -> RunResult:
         return await asyncio.to_thread(self.run, code, **kw)
@@ -294,7 +335,12 @@ class Sandbox:
             self._cv.notify_all()
         self._to_start.put(False)
         for w in idle:
-            w.destroy(None)
+            w.destroy()
+        if self._jail_dir:
+            try:
+                os.rmdir(self._jail_dir)
+            except OSError:
+                pass
 
     def __enter__(self) -> Sandbox:
         return self

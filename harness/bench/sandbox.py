@@ -1,4 +1,4 @@
-"""Per-call cost of the sandbox: ``python -m harness bench sandbox [--calls N]``.
+"""Per-call cost of the sandbox: ``python -m harness bench sandbox [--calls N] [--unsafe-no-sandbox]``.
 
 Prints the median and p90 latency of a trivial job on a warm worker (calls spaced so a
 replacement is ready, as between an agent's model turns), the rate of back-to-back calls
@@ -20,8 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m harness bench sandbox")
     p.add_argument("--calls", type=int, default=30)
     p.add_argument("--pool", type=int, default=2)
+    p.add_argument("--unsafe-no-sandbox", action="store_true", help="the same pool with no isolation, for comparison")
     args = p.parse_args(argv)
-    with Sandbox(args.pool) as sb:
+    with Sandbox(args.pool, unsafe=args.unsafe_no_sandbox) as sb:
         print(f"isolation: {', '.join(sb.isolation)}")
         warm = []
         for _ in range(args.calls):

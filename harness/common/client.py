@@ -8,7 +8,10 @@ generator can count them without try/except around every call.
 """
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -226,3 +229,17 @@ class OpenAIClient:
                 last = now
         res.content = "".join(parts)
         res.tool_calls = [calls[i] for i in sorted(calls)]
+
+
+class _KeyOnCommandLine(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"warning: {option_string} on the command line is readable by every process on this machine "
+              "(ps, /proc/PID/cmdline); set OPENAI_API_KEY instead", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_api_key_argument(parser: argparse.ArgumentParser) -> None:
+    """``--api-key``, read from ``OPENAI_API_KEY`` by default. Given on the command line it works but
+    warns: a command line is visible to every process of the machine."""
+    parser.add_argument("--api-key", action=_KeyOnCommandLine, default=os.environ.get("OPENAI_API_KEY"),
+                        help="API key (default and preferred: $OPENAI_API_KEY, which other processes cannot read)")

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from harness.common.client import CallResult, OpenAIClient
+from harness.common.client import CallResult, OpenAIClient, add_api_key_argument
 from harness.common.procs import run_uvloop
 from harness.common.stats import mean, percentile, std
 from harness.load import profiles
@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="python -m harness load compare A.json B.json: two runs side by side")
     p.add_argument("--base-url", default="http://127.0.0.1:8080/v1")
     p.add_argument("--model", help="default: the first model the server lists")
-    p.add_argument("--api-key")
+    add_api_key_argument(p)
     p.add_argument("--profile", choices=PROFILES)
     p.add_argument("--concurrency", type=int, help="requests in flight (profile concurrent)")
     p.add_argument("--rate", type=float, help="requests per second (profiles constant, poisson)")

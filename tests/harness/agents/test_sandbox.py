@@ -81,10 +81,12 @@ def test_cannot_write_outside_the_workspace(sandbox, tmp_path):
     ws = tmp_path / "ws"
     ws.mkdir()
     target = tmp_path / "escaped.txt"
-    in_tmp = Path(tempfile.gettempdir()) / f"edgemeter-escape-{os.getpid()}"
-    for path in (target, in_tmp, Path("/work/escaped.txt")):
+    for path in (target, Path("/work/escaped.txt")):
         r = sandbox.run(f"open({str(path)!r}, 'w').write('x')", cwd=ws)
         assert not r.ok and not path.exists()
+    in_tmp = Path(tempfile.gettempdir()) / f"edgemeter-escape-{os.getpid()}"
+    assert sandbox.run(f"open({str(in_tmp)!r}, 'w').write('x')", cwd=ws).ok  # the job's own empty /tmp
+    assert not in_tmp.exists()
     assert sandbox.run("open('inside.txt', 'w').write('ok')", cwd=ws).ok
     assert (ws / "inside.txt").read_text() == "ok"
 
@@ -133,4 +135,31 @@ time.sleep(0.3)
 def test_isolation_is_reported(sandbox):
     assert any(name.startswith("rlimits") for name in sandbox.isolation)
     if os.geteuid() == 0:
-        assert {"no_network", "pid_namespace", "unprivileged_uid"} <= set(sandbox.isolation)
+        assert {"no_network", "pid_namespace", "private_proc", "minimal_root", "capabilities_dropped",
+                "unprivileged_uid"} <= set(sandbox.isolation)
+
+
+def test_refuses_when_the_jail_cannot_be_built(monkeypatch):
+    from harness.agents import sandbox as sandbox_mod
+    broken = dict(sandbox_mod.runtime(), ro=[*sandbox_mod.runtime()["ro"], "/nonexistent/edgemeter-runtime"])
+    monkeypatch.setattr(sandbox_mod, "runtime", lambda: broken)
+    refused = r"missing: minimal_root, private_proc.*--unsafe-no-sandbox"
+    with pytest.raises(sandbox_mod.SandboxUnavailable, match=refused):
+        Sandbox(1, LIMITS)
+    with Sandbox(1, LIMITS, unsafe=True) as unsafe:  # the explicit opt-out runs, and says so
+        assert unsafe.isolation == [sandbox_mod.UNSAFE]
+        assert unsafe.run("print(1)").output == "1\n"
+
+
+def test_code_holds_no_capabilities(sandbox):
+    status = sandbox.run("print(open('/proc/self/status').read())").output
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    assert fields["CapEff"] == fields["CapPrm"] == "0000000000000000"
+    assert fields["NoNewPrivs"] == "1"
+
+
+def test_code_sees_the_standard_library_only(sandbox):
+    """No site-packages on the path and no editable-install finder (it points into the checkout)."""
+    code = "import sys\nprint([p for p in sys.path if 'packages' in p], [repr(f) for f in sys.meta_path[3:]])\nimport yaml"
+    r = sandbox.run(code)
+    assert r.output.startswith("[] []\n") and r.error == "ModuleNotFoundError: No module named 'yaml'"
