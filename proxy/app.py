@@ -14,19 +14,18 @@ import time
 import orjson
 from aiohttp import web
 
-import backends
 from backends import BackendError, GenRequest
 from backends.base import Finish, Scheduled, TextDelta, ToolCallDelta, Usage
 
 from proxy import metrics
 from proxy import openapi
 from proxy import validate
-from proxy.config import Config
+from proxy.config import MODE_PLACEMENT, Config
 from proxy.device import Devices
 from proxy.energy import ComputeEnergy
 from proxy.errors import APIError, bad_request
 from proxy.meter import NetTally, RequestLog, RequestMeter, Timeline
-from proxy.router import Route, Router
+from proxy.router import Route, Router, build_models, engines
 
 log = logging.getLogger("edgemeter")
 CONFIG, ROUTER, LOG, ENERGY = web.AppKey("config", Config), web.AppKey("router", Router), \
@@ -38,13 +37,7 @@ API_PATHS = ("/v1/", "/edgemeter/")
 def create_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=[errors_and_auth])
     app[CONFIG] = config
-    models = {}
-    for name, settings in config.models.items():
-        try:
-            models[name] = backends.create(name, settings)
-        except ValueError as e:
-            raise backends_config_error(name, e) from None
-    app[ROUTER] = Router(config, models, Devices.from_config(config))
+    app[ROUTER] = Router(config, build_models(config), Devices.from_config(config))
     app[LOG] = RequestLog(config.server.request_log)
     app[ENERGY] = ComputeEnergy.from_config(config.energy)
     app.router.add_post("/v1/chat/completions", chat_completions)
@@ -60,27 +53,22 @@ def create_app(config: Config) -> web.Application:
     return app
 
 
-def backends_config_error(name: str, e: ValueError):
-    from .config import ConfigError
-    return ConfigError(f"models.{name}.{e}")
-
-
 async def start_backends(app: web.Application) -> None:
     """Load models in the background so /healthz answers at once and /readyz says 503 until done."""
-    async def load(name, backend):
+    async def load(name, served):
         try:
-            await backend.start()
-            metrics.BACKEND_READY.labels(name, backend.kind).set(1)
+            await served.backend.start()
+            metrics.BACKEND_READY.labels(name, served.backend.kind, served.key).set(1)
         except Exception as e:  # a model that fails to load stays not-ready; the others still serve
-            log.error("model %s failed to load: %s", name, e)
-    app[LOADING] = [asyncio.create_task(load(n, b)) for n, b in app[ROUTER].backends.items()]
+            log.error("model %s failed to load: %s", served.key, e)
+    app[LOADING] = [asyncio.create_task(load(n, s)) for n, s in engines(app[ROUTER].models)]
 
 
 async def stop_backends(app: web.Application) -> None:
     for task in app[LOADING]:
         task.cancel()
-    for backend in app[ROUTER].backends.values():
-        await backend.close()
+    for _, served in engines(app[ROUTER].models):
+        await served.backend.close()
     app[LOG].close()
 
 
@@ -151,7 +139,8 @@ async def generate(request: web.Request, kind: str) -> web.StreamResponse:
     body, nbytes = await read_json(request)
     (validate.chat if kind == "chat" else validate.completion)(body)
     route = request.app[ROUTER].route(request.headers, body["model"])
-    meter = RequestMeter(*route.labels, route.device_id, route.session and route.session.id, t_received, nbytes)
+    meter = RequestMeter(*route.labels, route.device_id, route.session and route.session.id, t_received, nbytes,
+                         route.served.record)
     stream = body.get("stream", False)
     response = None
     try:
@@ -214,7 +203,8 @@ async def primed(events):
 def finish(request: web.Request, route: Route, meter: RequestMeter, status: int, cause: str | None) -> dict:
     if meter.t_end is not None:
         return {}
-    if meter.cpu_s and route.mode == "local" and route.backend.in_process:
+    # Compute energy follows placement: the device's only when the model ran as the device's.
+    if meter.cpu_s and route.served.placement == "device" and route.backend.in_process:
         meter.compute_j, meter.compute_method = request.app[ENERGY].joules(meter.cpu_s, meter.t_scheduled or
                                                                            meter.t_received, time.perf_counter())
     record = meter.finish(status, cause)
@@ -440,8 +430,13 @@ async def complete(request, route: Route, meter: RequestMeter, events, kind: str
 
 
 async def list_models(request: web.Request) -> web.Response:
-    data = [{"id": name, "object": "model", "created": 0, "owned_by": f"edgemeter:{b.kind}"}
-            for name, b in request.app[ROUTER].backends.items()]
+    """Each model with its placements: which backend answers the modes that need the device or the cloud."""
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": "edgemeter",
+             "placements": {p: {"backend": s.backend.kind, "served_by": s.key, "host": s.host,
+                                "modes": [m for m, need in MODE_PLACEMENT.items() if need == p]}
+                            for p, s in placements.items()},
+             "placement_emulated": any(s.emulated for s in placements.values())}
+            for name, placements in request.app[ROUTER].models.items()]
     return web.json_response({"object": "list", "data": data}, dumps=lambda o: orjson.dumps(o).decode())
 
 
@@ -468,8 +463,8 @@ async def end_session(request: web.Request) -> web.Response:
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
     router = request.app[ROUTER]
-    for name, b in router.backends.items():
-        metrics.WAITING.labels(name, b.kind).set(getattr(b, "waiting", 0))
+    for name, s in engines(router.models):
+        metrics.WAITING.labels(name, s.backend.kind, s.key).set(getattr(s.backend, "waiting", 0))
     router.devices.export(time.perf_counter())
     body, ctype = metrics.render()
     return web.Response(body=body, headers={"Content-Type": ctype})
@@ -480,7 +475,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    backends_ = request.app[ROUTER].backends
-    state = {name: b.ready for name, b in backends_.items()}
+    state = {name: all(s.backend.ready for s in placements.values())
+             for name, placements in request.app[ROUTER].models.items()}
     ok = all(state.values())
     return web.json_response({"status": "ready" if ok else "loading", "models": state}, status=200 if ok else 503)

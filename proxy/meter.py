@@ -71,12 +71,15 @@ class RequestMeter:
                  "t_received", "t_backend", "t_scheduled", "t_first_token", "t_backend_first", "t_last_token",
                  "t_end", "last_delivery", "itl_child", "prompt_tokens", "completion_tokens", "usage_source",
                  "bytes_up", "bytes_down", "net", "cpu_s", "compute_j", "compute_method", "finish_reason",
-                 "chunks", "timeline", "_running")
+                 "chunks", "timeline", "_running", "placement")
 
     def __init__(self, model: str, backend: str, mode: str, network: str, device: str, session: str | None,
-                 t_received: float, bytes_up: int):
-        self.labels = (model, backend, mode, network)
-        self.model, self.backend, self.mode, self.network = self.labels
+                 t_received: float, bytes_up: int, placement: dict):
+        # placement: proxy.router.Served.record, where the model ran; its first two fields are labels too
+        self.placement = placement
+        self.labels = (model, backend, mode, network, placement["placement"],
+                       "true" if placement["placement_emulated"] else "false")
+        self.model, self.backend, self.mode, self.network = model, backend, mode, network
         self.device, self.session = device, session
         self.request_id = "chatcmpl-" + uuid.uuid4().hex[:24]
         self.t_received = t_received
@@ -171,7 +174,8 @@ class RequestMeter:
         if per_token is not None and energy:
             child(m.ENERGY_PER_TOKEN, *lab).observe(per_token)
         return {
-            "request_id": self.request_id, "model": self.model, "backend": self.backend, "mode": self.mode,
+            "request_id": self.request_id, "model": self.model, "backend": self.backend, **self.placement,
+            "mode": self.mode,
             "network": self.network, "device": self.device, "session": self.session, "status": status,
             "error": cause, "finish_reason": self.finish_reason,
             "ttft_s": ttft, "backend_ttft_s": backend_ttft, "e2e_s": e2e, "tpot_s": tpot, "queue_s": queue,

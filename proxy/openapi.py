@@ -104,7 +104,10 @@ def _schemas(models: list[str] | None) -> dict:
                                                 "properties": {"id": {"type": "string"},
                                                                "object": {"type": "string"},
                                                                "created": {"type": "integer"},
-                                                               "owned_by": {"type": "string"}}}}}},
+                                                               "owned_by": {"type": "string"},
+                                                               "placements": {"type": "object", "description":
+                                                                   "device and/or cloud: the backend each answers"},
+                                                               "placement_emulated": {"type": "boolean"}}}}}},
         "SessionRecord": {"type": "object", "required": ["session", "mode", "network", "calls"], "properties": {
             "session": {"type": "string"}, "mode": {"type": "string", "enum": list(MODES)},
             "network": {"type": "string"}, "calls": {"type": "integer", "minimum": 0}}},
@@ -184,6 +187,6 @@ def document(models: list[str], networks: list[str], *, api_key: bool, metrics_a
 async def serve(request: web.Request) -> web.Response:
     from .app import CONFIG, ROUTER  # the app module imports this one
     router, config = request.app[ROUTER], request.app[CONFIG]
-    doc = document(list(router.backends), list(router.devices.presets), api_key=bool(config.server.api_key),
+    doc = document(list(router.models), list(router.devices.presets), api_key=bool(config.server.api_key),
                    metrics_auth=config.server.metrics_auth)
     return web.Response(body=orjson.dumps(doc), content_type=JSON)

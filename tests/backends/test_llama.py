@@ -140,7 +140,7 @@ async def test_client_disconnect_cancels_generation(proxy):
         async with s.post(url, json={"model": "smollm2", "messages": MSG, "max_tokens": 1000, "stream": True,
                                      "temperature": 0}) as r:
             await r.content.readline()
-    backend = proxy.server.app[__import__("proxy.app", fromlist=["ROUTER"]).ROUTER].backends["smollm2"]
+    backend = proxy.server.app[__import__("proxy.app", fromlist=["ROUTER"]).ROUTER].models["smollm2"]["device"].backend
     for _ in range(100):
         if backend.active == 0 and backend.slots.qsize() == 1:
             break
