@@ -79,7 +79,7 @@ def sample(text: str, name: str, **labels) -> float | None:
 async def fake_models(aiohttp_server, proxy_client, tmp_path):
     up = str((await aiohttp_server(make_app())).make_url("/v1"))
     models = {
-        "echo": {"backend": "upstream", "base_url": up, "model": "echo"},                         # stand-in
+        "standin": {"backend": "upstream", "base_url": up, "model": "echo"},
         "cloudonly": {"backend": "upstream", "base_url": up, "model": "echo", "placement": "cloud"},  # pinned
         "ondevice": {"device": {"backend": "upstream", "base_url": up, "model": "echo"}},          # e.g. Ollama on it
     }
@@ -90,19 +90,19 @@ async def fake_models(aiohttp_server, proxy_client, tmp_path):
 async def test_single_backend_stands_in_for_both_and_says_so(fake_models):
     client, log = fake_models
     for mode, placement in (("local", "device"), ("hybrid", "cloud"), ("cloud", "cloud")):
-        status, rec = await ask(client, "echo", mode)
+        status, rec = await ask(client, "standin", mode)
         assert status == 200 and rec["placement"] == placement and rec["placement_emulated"] is True
-        assert rec["served_by"] == "echo" and rec["served_host"] == "same-host"
+        assert rec["served_by"] == "standin" and rec["served_host"] == "same-host"
     lines = [orjson.loads(x) for x in log.read_bytes().splitlines()]
     assert [(x["placement"], x["placement_emulated"]) for x in lines] == \
         [("device", True), ("cloud", True), ("cloud", True)]
     text = await (await client.get("/metrics")).text()
-    assert sample(text, "edgemeter_requests_total", model="echo", mode="local", placement="device",
+    assert sample(text, "edgemeter_requests_total", model="standin", mode="local", placement="device",
                   placement_emulated="true", status="200") == 1
-    assert sample(text, "edgemeter_requests_total", model="echo", mode="hybrid", placement="cloud",
+    assert sample(text, "edgemeter_requests_total", model="standin", mode="hybrid", placement="cloud",
                   placement_emulated="true", status="200") == 1
     models = {m["id"]: m for m in (await (await client.get("/v1/models")).json())["data"]}
-    assert models["echo"]["placement_emulated"] is True and set(models["echo"]["placements"]) == {"device", "cloud"}
+    assert models["standin"]["placement_emulated"] is True and set(models["standin"]["placements"]) == {"device", "cloud"}
     assert list(models["cloudonly"]["placements"]) == ["cloud"] and models["cloudonly"]["placement_emulated"] is False
 
 
