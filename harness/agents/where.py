@@ -272,20 +272,24 @@ def markdown(decisions: list[dict], breaks: list[dict] | None = None) -> str:
                 lines.append(f"| {name} | {p['pairs']} | {p['only_a']} | {p['only_b']} | {p['mcnemar_p']:.3g} | {diff} |")
         lines += ["", d["sentence"], ""]
     if breaks is not None:
-        lines += ["### Break-even network conditions", ""]
-        if not breaks:
-            lines += ["No ranking flips inside the grid: the same mode wins every objective at every grid point.", ""]
-        else:
-            lines += ["Where the ranking of two modes flips as one condition varies (the others fixed); linear "
-                      "interpolation between the two grid points around it.", "",
-                      "| dataset | base | objective | modes | varying | fixed | flips at | better below | better above |",
-                      "|---|---|---|---|---|---|---|---|---|"]
-            for b in breaks:
-                fixed = ", ".join(f"{k}={v:g}" for k, v in b["fixed"].items()) or "-"
-                lines.append(f"| {b['dataset']} | {b['base']} | {b['objective']} | {' vs '.join(b['modes'])} | "
-                             f"{b['axis']} | {fixed} | {b['at']:.3g} | {b['below']} | {b['above']} |")
-            lines.append("")
+        lines += [break_even_table(breaks), ""]
     lines += ["Plots: `where_should_it_run.png`" + (", `break_even.png`" if breaks else "") + ".", ""]
+    return "\n".join(lines)
+
+
+def break_even_table(breaks: list[dict]) -> str:
+    lines = ["### Break-even network conditions", ""]
+    if not breaks:
+        return "\n".join(lines + ["No ranking flips inside the grid: the same mode wins each objective at every "
+                                  "grid point."])
+    lines += ["Where the ranking of two modes flips as one condition varies (the others fixed); linear "
+              "interpolation between the two grid points around it.", "",
+              "| dataset | base | objective | modes | varying | fixed | flips at | better below | better above |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for b in breaks:
+        fixed = ", ".join(f"{k}={v:g}" for k, v in b["fixed"].items()) or "-"
+        lines.append(f"| {b['dataset']} | {b['base']} | {b['objective']} | {' vs '.join(b['modes'])} | "
+                     f"{b['axis']} | {fixed} | {b['at']:.3g} | {b['below']} | {b['above']} |")
     return "\n".join(lines)
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import sys
@@ -33,7 +34,7 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from proxy.config import MODES, ConfigError
+from proxy.config import MODE_PLACEMENT, MODES, ConfigError
 from proxy.config import load as load_config
 from proxy.device import Device
 from proxy.energy import ComputeEnergy
@@ -43,6 +44,7 @@ from proxy.radio import RADIO_PROFILES
 from proxy.router import Session as ProxySession
 
 from harness.replay import trace as tr
+from harness.agents import where
 from harness.agents.run import task_totals
 from harness.common.stats import mean, percentile
 
@@ -159,7 +161,11 @@ class Replayer:
                 compute_j, method = self.energy.estimate_j(c.cpu_s), "estimate"
         e2e = end - t
         record = {
-            "request_id": f"replay-{s.id}-{i + 1}", "model": s.model, "backend": c.backend, "mode": self.mode,
+            "request_id": f"replay-{s.id}-{i + 1}", "model": s.model, "backend": c.backend,
+            # the recorded generation stands in for the other placement's when the mode moves the model
+            "placement": MODE_PLACEMENT[self.mode],
+            "placement_emulated": MODE_PLACEMENT[self.mode] != MODE_PLACEMENT.get(s.mode, MODE_PLACEMENT[self.mode]),
+            "mode": self.mode,
             "network": self.network, "device": s.device, "session": s.id, "status": c.status, "error": c.error,
             "finish_reason": c.finish_reason, "ttft_s": ttft, "backend_ttft_s": c.first_token_s, "e2e_s": e2e,
             "tpot_s": tpot, "queue_s": c.queue_s, "prompt_tokens": c.prompt_tokens,
@@ -212,7 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("traces", nargs="+", help="trace files, harness run directories or results.jsonl, proxy request logs")
     a("--out", required=True, help="directory for results.jsonl, run.json and the report")
     a("--modes", default=",".join(MODES), help="comma-separated deployment modes (default: all)")
-    a("--networks", help="comma-separated network presets (default: every preset known)")
+    a("--networks", help="comma-separated network presets (default: every preset known; with --grid: 4g)")
+    a("--grid", nargs="+", metavar="KEY=SPEC", help="also replay a grid of custom presets around each network: "
+      "KEY is one of " + ", ".join(GRID_KEYS) + "; SPEC is LO..HI (5 log-spaced values), LO..HI:N, or V1,V2,...; "
+      "the report gives the break-even points where two modes' ranking flips")
     a("--radio", choices=sorted(RADIO_PROFILES), help="radio profile for every preset (default: each preset's own)")
     a("--seed", default="0", help="seeds the simulated network as the proxy's server.seed does (default 0)")
     a("--config", help="config.yaml whose networks: and energy: sections to use")
@@ -222,6 +231,49 @@ def build_parser() -> argparse.ArgumentParser:
     a("--no-report", action="store_true")
     a("--no-plots", action="store_true")
     return p
+
+
+GRID_KEYS = ("rtt_ms", "jitter_ms", "loss", "up_mbps", "down_mbps")
+GRID_POINTS = 5
+
+
+def grid_axis(text: str) -> tuple[str, list[float]]:
+    """``rtt_ms=10..500`` -> ("rtt_ms", [10, 26.6, 70.7, 188, 500]): log-spaced (network conditions
+    matter by ratio), linear when LO is 0; ``:N`` sets the count; ``a,b,c`` lists them."""
+    key, _, spec = text.partition("=")
+    if key not in GRID_KEYS:
+        raise ValueError(f"--grid {text}: unknown key {key!r} (known: {', '.join(GRID_KEYS)})")
+    try:
+        if ".." in spec:
+            span, _, n = spec.partition(":")
+            lo, hi = (float(x) for x in span.split(".."))
+            n = int(n) if n else GRID_POINTS
+            if n < 2 or lo >= hi or lo < 0:
+                raise ValueError
+            if lo > 0:
+                values = [lo * (hi / lo) ** (i / (n - 1)) for i in range(n)]
+            else:
+                values = [lo + (hi - lo) * i / (n - 1) for i in range(n)]
+            values = [float(f"{v:.3g}") for v in values]  # readable preset names
+        else:
+            values = sorted(float(x) for x in spec.split(","))
+    except ValueError:
+        raise ValueError(f"--grid {text}: give {key}=LO..HI, {key}=LO..HI:N (N >= 2, 0 <= LO < HI) "
+                         f"or {key}=V1,V2,...") from None
+    return key, values
+
+
+def grid_presets(bases: list, axes: dict[str, list[float]]) -> tuple[list, dict]:
+    """A custom preset per base x grid point, named ``4g~rtt_ms=50,down_mbps=5``; the base's other
+    settings (jitter, loss, radio) stay."""
+    presets, spec = [], {}
+    for base in bases:
+        for values in itertools.product(*axes.values()):
+            over = dict(zip(axes, values))
+            name = base.name + "~" + ",".join(f"{k}={v:g}" for k, v in over.items())
+            presets.append(dataclasses.replace(base, name=name, **over))
+            spec[name] = {"base": base.name, **over}
+    return presets, {"axes": axes, "presets": spec}
 
 
 def _source_info(paths: list[str]) -> dict:
@@ -245,11 +297,18 @@ def main(argv: list[str]) -> int:
     for m in modes:
         if m not in MODES:
             raise SystemExit(f"replay: unknown mode {m!r} (known: {', '.join(MODES)})")
-    names = _csv(args.networks) or list(presets)
+    names = _csv(args.networks) or (["4g"] if args.grid else list(presets))
     for n in names:
         if n not in presets:
             raise SystemExit(f"replay: unknown network preset {n!r} (known: {', '.join(presets)})")
     chosen = [dataclasses.replace(presets[n], radio=args.radio) if args.radio else presets[n] for n in names]
+    grid = None
+    if args.grid:
+        try:
+            extra, grid = grid_presets(chosen, dict(grid_axis(g) for g in args.grid))
+        except ValueError as e:
+            raise SystemExit(f"replay: {e}") from None
+        chosen += extra
     seed = int(args.seed) if args.seed.lstrip("-").isdigit() else args.seed
     energy = ComputeEnergy.from_config({**(config.energy if config else {}), "method": "estimate"})
 
@@ -285,13 +344,13 @@ def main(argv: list[str]) -> int:
                 "sandbox_isolation": info.get("sandbox_isolation") or [],
                 "replay": {"argv": argv, "seed": seed, "modes": modes, "networks": names, "radio": args.radio,
                            "sessions": len(sessions), "replayed": len(usable), "skipped": skipped,
-                           "flagged": len(flagged), "replay_s": t_replayed - t_loaded},
+                           "flagged": len(flagged), "replay_s": t_replayed - t_loaded, "grid": grid},
                 "written_at": time.time()}
     tmp = out / "run.json.tmp"
     tmp.write_text(json.dumps(run_info, indent=2))
     os.replace(tmp, out / "run.json")
     if not args.no_report:
-        from . import report
+        from harness.agents import report
         report.write_report(out, with_plots=not args.no_plots)
 
     reasons = Counter(f.split(":", 1)[0] for s in flagged for f in s.flags)
@@ -307,6 +366,8 @@ def main(argv: list[str]) -> int:
         print("note: some sessions do not say how big their final answer was (a proxy log); cloud mode sends "
               "them down as an empty answer", file=sys.stderr)
     print(table(rows))
+    if grid:
+        print("\n" + where.break_even_table(where.break_even(where.decide(rows), grid)))
     if not args.no_report:
         print(f"report: {out / 'report.md'}", file=sys.stderr)
     return 0 if rows or not sessions else 1

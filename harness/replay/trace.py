@@ -195,7 +195,7 @@ def from_proxy_records(records: list[dict], source: str = "") -> list[Session]:
 # --- files ---
 
 def _rows(path: Path) -> list[dict]:
-    from .results import read_rows
+    from harness.agents.results import read_rows
     return read_rows(path)
 
 

@@ -253,3 +253,37 @@ def test_trace_files_keep_every_field():
     bad["version"] = 99
     with pytest.raises(ValueError, match="version"):
         tr.Session.from_json(bad)
+
+
+def test_grid_axis_specs():
+    assert replay.grid_axis("rtt_ms=10..1000:3") == ("rtt_ms", [10.0, 100.0, 1000.0])
+    assert replay.grid_axis("loss=0..0.1:3") == ("loss", [0.0, 0.05, 0.1])
+    assert replay.grid_axis("down_mbps=5,0.5,50") == ("down_mbps", [0.5, 5.0, 50.0])
+    assert replay.grid_axis("rtt_ms=10..500")[1] == [10.0, 26.6, 70.7, 188.0, 500.0]
+    for bad in ("rtt=1..2", "rtt_ms=5..1", "rtt_ms=1..2:1", "rtt_ms=x"):
+        with pytest.raises(ValueError):
+            replay.grid_axis(bad)
+
+
+def test_cli_grid_sweeps_custom_presets_and_reports_break_even(tmp_path, capsys):
+    tr.save(tmp_path / "t.jsonl", [session("a"), session("b", started_at=2000.0)])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({"models": {"m": {"backend": "upstream", "base_url": "http://127.0.0.1:9/v1"}},
+                               "networks": FIXED}))
+    out = tmp_path / "out"
+    assert replay.main([str(tmp_path / "t.jsonl"), "--out", str(out), "--networks", "fixed4g", "--config", str(cfg),
+                        "--grid", "rtt_ms=10..1000:3", "down_mbps=1,100", "--no-plots"]) == 0
+    grid = json.loads((out / "run.json").read_text())["replay"]["grid"]
+    assert grid["axes"] == {"rtt_ms": [10.0, 100.0, 1000.0], "down_mbps": [1.0, 100.0]}
+    assert grid["presets"]["fixed4g~rtt_ms=100,down_mbps=1"] == {"base": "fixed4g", "rtt_ms": 100.0, "down_mbps": 1.0}
+    rows = read_rows(out / "results.jsonl")
+    assert len(rows) == 2 * 3 * (1 + 6)  # sessions x modes x (base + grid points)
+    hybrid = {r["network"]: r["wall_s"] for r in rows if r["mode"] == "hybrid" and r["session"] == "a"}
+    walls = [hybrid[f"fixed4g~rtt_ms={rtt},down_mbps=100"] for rtt in (10, 100, 1000)]
+    # no jitter or loss: two calls, each one RTT (up and down one-way) later per extra 990 ms of RTT
+    assert walls[1] - walls[0] == pytest.approx(2 * 0.09) and walls[2] - walls[0] == pytest.approx(2 * 0.99)
+    rec = next(r for r in rows if r["mode"] == "hybrid")["llm_calls"][0]["edgemeter"]
+    assert (rec["placement"], rec["placement_emulated"]) == ("cloud", True)  # recorded on the device
+    md = (out / "report.md").read_text()
+    assert "### gsm8k on fixed4g" in md and "### gsm8k on fixed4g~" not in md
+    assert "### Break-even network conditions" in md and "### Break-even network conditions" in capsys.readouterr().out
