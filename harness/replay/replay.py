@@ -44,7 +44,7 @@ from proxy.radio import RADIO_PROFILES
 from proxy.router import Session as ProxySession
 
 from harness.replay import trace as tr
-from harness.agents import where
+from harness.agents import report, where
 from harness.agents.run import task_totals
 from harness.common.stats import mean, percentile
 
@@ -229,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "(their rows carry the reasons); default: skip them")
     a("--save-traces", help="also write the loaded sessions as a trace file (harness.replay.trace format)")
     a("--no-report", action="store_true")
+    report.add_price_arg(p)
     a("--no-plots", action="store_true")
     return p
 
@@ -350,8 +351,7 @@ def main(argv: list[str]) -> int:
     tmp.write_text(json.dumps(run_info, indent=2))
     os.replace(tmp, out / "run.json")
     if not args.no_report:
-        from harness.agents import report
-        report.write_report(out, with_plots=not args.no_plots)
+        report.write_report(out, with_plots=not args.no_plots, price=args.cloud_price)
 
     reasons = Counter(f.split(":", 1)[0] for s in flagged for f in s.flags)
     print(f"{len(usable)} of {len(sessions)} sessions x {len(modes)} modes x {len(chosen)} networks = {len(rows)} "
@@ -367,7 +367,7 @@ def main(argv: list[str]) -> int:
               "them down as an empty answer", file=sys.stderr)
     print(table(rows))
     if grid:
-        print("\n" + where.break_even_table(where.break_even(where.decide(rows), grid)))
+        print("\n" + where.break_even_table(where.break_even(where.decide(rows, args.cloud_price), grid)))
     if not args.no_report:
         print(f"report: {out / 'report.md'}", file=sys.stderr)
     return 0 if rows or not sessions else 1
