@@ -81,6 +81,8 @@ def test_equal_accuracy_cannot_decide_and_same_host_is_labelled():
     rows = rows_for("local", "wifi", [0], 3, wall=5.0, energy=1.0) + rows_for("cloud", "wifi", [], 3, wall=4.0, energy=0.5)
     (d,) = where.decide(rows)
     assert "accuracy cannot decide (differences are within chance: smallest McNemar p 1 on 3 paired tasks)" in d["sentence"]
+    # local's one extra solve is noise: it does not make the slower, costlier local Pareto-optimal
+    assert d["pareto"] == ["cloud"] and "Pareto-optimal on the other objectives: cloud." in d["sentence"]
 
 
 def test_local_point_joins_every_preset():
