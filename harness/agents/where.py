@@ -128,9 +128,12 @@ def decide(rows: list[dict], price: tuple[float, float] | None = None, presets: 
         results = [mode_result(m, modes[m], price) for m in MODES if m in modes]
         pairs = {f"{a} vs {b}": paired(modes[a], modes[b]) for a, b in combinations([r["mode"] for r in results], 2)}
         objectives = [o for o, (f, _) in OBJECTIVES.items() if all(r[f] is not None for r in results)]
+        decides = any(p["mcnemar_p"] < ALPHA for p in pairs.values())
+        # accuracy that cannot decide does not make a mode optimal either
+        front = [o for o in objectives if decides or o != "accuracy"]
         d = {"dataset": ds, "model": model, "network": net, "modes": results, "pairs": pairs,
-             "accuracy_decides": any(p["mcnemar_p"] < ALPHA for p in pairs.values()),
-             "objectives": objectives, "pareto": pareto(results, objectives) if objectives else [],
+             "accuracy_decides": decides, "objectives": objectives,
+             "pareto": pareto(results, front) if front else [],
              "winners": {o: _best(results, o) for o in objectives}}
         d["sentence"] = sentence(d)
         out.append(d)
@@ -195,7 +198,7 @@ def sentence(d: dict) -> str:
         parts.append(f"{_names(win)} cost{'s' if len(win) == 1 else ''} least (${res[win[0]]['cost_per_task']:.4g} per task)")
     text = f"On {d['network']}: " + "; ".join(parts) + "."
     if d["pareto"]:
-        text += f" Pareto-optimal: {_names(d['pareto'])}."
+        text += f" Pareto-optimal{'' if d['accuracy_decides'] else ' on the other objectives'}: {_names(d['pareto'])}."
     if any(r["same_host_cloud"] for r in res.values()):
         text += " Cloud timings are same-host (the cloud model ran on this machine, not in a datacenter)."
     if any(r["emulated"] for r in res.values()):
