@@ -39,7 +39,10 @@ def _placement(rec: dict, mode: str) -> str:
 
 
 def task_key(row: dict) -> tuple:
-    return row.get("task_id"), row.get("sample"), row.get("repeat")
+    """What makes two modes' rows the same task: in a replay, the same recorded session too (a
+    sweep recorded in several modes replays each recording under every mode)."""
+    session = row.get("session") if row.get("run_mode") == "replay" else None
+    return row.get("task_id"), row.get("sample"), row.get("repeat"), session
 
 
 def mode_result(mode: str, rows: list[dict], price: tuple[float, float] | None) -> dict:

@@ -222,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--grid", nargs="+", metavar="KEY=SPEC", help="also replay a grid of custom presets around each network: "
       "KEY is one of " + ", ".join(GRID_KEYS) + "; SPEC is LO..HI (5 log-spaced values), LO..HI:N, or V1,V2,...; "
       "the report gives the break-even points where two modes' ranking flips")
+    a("--recorded-modes", help="replay only sessions recorded in these modes (e.g. local: the device's "
+                               "recordings, whose measured compute energy local mode keeps)")
     a("--radio", choices=sorted(RADIO_PROFILES), help="radio profile for every preset (default: each preset's own)")
     a("--seed", default="0", help="seeds the simulated network as the proxy's server.seed does (default 0)")
     a("--config", help="config.yaml whose networks: and energy: sections to use")
@@ -319,6 +321,8 @@ def main(argv: list[str]) -> int:
             sessions += tr.load(path)
         except (OSError, ValueError) as e:
             raise SystemExit(f"replay: {e}") from None
+    if args.recorded_modes:
+        sessions = [s for s in sessions if s.mode in _csv(args.recorded_modes)]
     tr.validate(sessions)
     if args.save_traces:
         tr.save(args.save_traces, sessions)

@@ -287,3 +287,17 @@ def test_cli_grid_sweeps_custom_presets_and_reports_break_even(tmp_path, capsys)
     md = (out / "report.md").read_text()
     assert "### gsm8k on fixed4g" in md and "### gsm8k on fixed4g~" not in md
     assert "### Break-even network conditions" in md and "### Break-even network conditions" in capsys.readouterr().out
+
+
+def test_recorded_modes_filter_and_pairing_by_session(tmp_path):
+    task = {"dataset": "gsm8k", "task_id": "t", "sample": 0, "repeat": 0, "passed": True}
+    tr.save(tmp_path / "t.jsonl", [session("a", task=task),
+                                   session("b", started_at=2000.0, mode="hybrid", network="4g", task=task)])
+    out = tmp_path / "out"
+    argv = [str(tmp_path / "t.jsonl"), "--out", str(out), "--modes", "local,cloud", "--networks", "wifi", "--no-plots"]
+    assert replay.main(argv + ["--recorded-modes", "local"]) == 0
+    assert {r["session"] for r in read_rows(out / "results.jsonl")} == {"a"}
+    assert replay.main(argv) == 0
+    where = json.loads((out / "where.json").read_text())["decisions"][0]
+    # one task recorded twice (in local and in hybrid mode): each recording pairs with its own replay
+    assert where["pairs"]["local vs cloud"]["pairs"] == 2
