@@ -27,6 +27,7 @@ ALPHA = 0.05
 OBJECTIVES = {"accuracy": ("accuracy", "max"), "speed": ("wall_s_p50", "min"),
               "device energy": ("device_j_per_task", "min"), "cloud cost": ("cost_per_task", "min")}
 SAME_HOST = ("same-host", "in-process")
+TIE = 0.02  # break-even: two modes within 2 % of each other are tied
 
 
 def _records(row: dict) -> list[dict]:
@@ -234,7 +235,11 @@ def break_even(decisions: list[dict], grid: dict) -> list[dict]:
                 for value, d in line:
                     res = {r["mode"]: r for r in d["modes"]}
                     if a in res and b in res and res[a][field] is not None and res[b][field] is not None:
-                        diffs.append((value, res[a][field] - res[b][field]))
+                        diffs.append((value, res[a][field] - res[b][field],
+                                      max(abs(res[a][field]), abs(res[b][field]))))
+                # a difference within TIE of the values is a tie, not a ranking: seeded jitter and
+                # loss move near-equal modes back and forth, and those are no break-even points
+                diffs = [(x, dv) for x, dv, scale in diffs if abs(dv) > TIE * scale]
                 for (x0, d0), (x1, d1) in zip(diffs, diffs[1:]):
                     if d0 * d1 < 0:
                         at = x0 + (x1 - x0) * d0 / (d0 - d1)
@@ -289,8 +294,8 @@ def break_even_table(breaks: list[dict]) -> str:
     if not breaks:
         return "\n".join(lines + ["No ranking flips inside the grid: the same mode wins each objective at every "
                                   "grid point."])
-    lines += ["Where the ranking of two modes flips as one condition varies (the others fixed); linear "
-              "interpolation between the two grid points around it.", "",
+    lines += ["Where the ranking of two modes flips as one condition varies (the others fixed): linear "
+              f"interpolation between the two grid points around it; differences within {TIE:.0%} are ties.", "",
               "| dataset | base | objective | modes | varying | fixed | flips at | better below | better above |",
               "|---|---|---|---|---|---|---|---|---|"]
     for b in breaks:

@@ -133,3 +133,13 @@ def test_report_has_the_section_and_figures(tmp_path):
     assert (tmp_path / "where_should_it_run.png").stat().st_size > 0 and (tmp_path / "break_even.png").exists()
     saved = json.loads((tmp_path / "where.json").read_text())
     assert len(saved["break_even"]) == 2
+
+
+def test_near_ties_are_no_break_even_points():
+    rows, grid = grid_rows()
+    for r in rows:  # cloud's device energy now within 1 % of hybrid's, on alternating sides
+        if r["mode"] == "cloud":
+            rtt = grid["presets"][r["network"]]["rtt_ms"]
+            r["energy_j"] = rtt / 100 * (1.01 if rtt in (50, 300) else 0.99)
+    flips = where.break_even(where.decide(rows), grid)
+    assert not [b for b in flips if b["modes"] == ["hybrid", "cloud"] and b["objective"] == "device energy"]
