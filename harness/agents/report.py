@@ -229,7 +229,7 @@ def write_report(run_dir: str | Path, *, with_plots: bool = True, price: tuple[f
     (out / "report.md").write_text(markdown(sums, info, ks) + "\n" + where.markdown(shown, breaks))
     if with_plots and sums:
         plots(sums, out)
-        where.plots(shown, breaks, grid, out)
+        where.plots(shown, breaks, grid, out, points=decisions)
     return sums
 
 

@@ -285,7 +285,7 @@ def markdown(decisions: list[dict], breaks: list[dict] | None = None) -> str:
         lines += ["", d["sentence"], ""]
     if breaks is not None:
         lines += [break_even_table(breaks), ""]
-    lines += ["Plots: `where_should_it_run.png`" + (", `break_even.png`" if breaks else "") + ".", ""]
+    lines += ["Plots: `where_should_it_run.png`" + (", `break_even.png`" if breaks is not None else "") + ".", ""]
     return "\n".join(lines)
 
 
@@ -305,7 +305,9 @@ def break_even_table(breaks: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plots(decisions: list[dict], breaks: list[dict] | None, grid: dict | None, out) -> list:
+def plots(decisions: list[dict], breaks: list[dict] | None, grid: dict | None, out,
+          points: list[dict] | None = None) -> list:
+    """``where_should_it_run.png`` for ``decisions``; with a grid, ``break_even.png`` from its ``points``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -340,7 +342,7 @@ def plots(decisions: list[dict], breaks: list[dict] | None, grid: dict | None, o
         fig.savefig(written[-1], dpi=110)
         plt.close(fig)
     if breaks is not None and grid:
-        written.append(_plot_grid(decisions, breaks, grid, out, plt))
+        written.append(_plot_grid(points or decisions, breaks, grid, out, plt))
     return written
 
 
@@ -365,17 +367,18 @@ def _plot_grid(decisions, breaks, grid, out, plt):
                     if r is not None and r[field] is not None:
                         xs.append(v)
                         ys.append(r[field])
-                if xs:
-                    label = f"{mode} " + ", ".join(f"{k}={v:g}" for k, v in fixed) if others != [()] else mode
+                if xs:  # one line per value of the other axes, lighter as they grow
                     ax.plot(xs, ys, marker="o", color=styles[mode], alpha=1 - 0.6 * j / max(1, len(others)),
-                            label=label)
+                            label=mode if j == 0 else None)
         for b in breaks:
             if b["objective"] == objective and b["axis"] == axis:
                 ax.axvline(b["at"], color="gray", linestyle=":", linewidth=1)
         ax.set_xscale("log")
         ax.set_xlabel(axis)
         ax.set_ylabel({"speed": "task wall s p50", "device energy": "device J per task"}[objective])
-        ax.set_title(f"{objective}: dotted = ranking flips")
+        rest = [a for a in grid["axes"] if a != axis]
+        ax.set_title(f"{objective}: dotted = ranking flips" + (f"\n(lighter: larger {', '.join(rest)})" if rest else ""),
+                     fontsize=9)
         ax.legend(fontsize=6)
     fig.tight_layout()
     path = out / "break_even.png"
