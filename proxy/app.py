@@ -15,20 +15,19 @@ import time
 import orjson
 from aiohttp import web
 
-import backends
 from backends import BackendError, GenRequest
 from backends.base import Finish, Scheduled, TextDelta, ToolCallDelta, Usage
 
 from proxy import metrics
 from proxy import openapi
 from proxy import validate
-from proxy.config import Config
+from proxy.config import MODE_PLACEMENT, Config
 from proxy.device import Devices, settle
 from proxy.energy import ComputeEnergy
 from proxy.errors import APIError, bad_request
 from proxy.meter import NetTally, RequestLog, RequestMeter, Timeline
 from proxy.profiles import device_energy
-from proxy.router import Route, Router
+from proxy.router import Route, Router, build_models, engines
 
 log = logging.getLogger("edgemeter")
 CONFIG, ROUTER, LOG, ENERGY = web.AppKey("config", Config), web.AppKey("router", Router), \
@@ -41,13 +40,7 @@ VERSION = importlib.metadata.version("edgemeter")
 def create_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=[errors_and_auth])
     app[CONFIG] = config
-    models = {}
-    for name, settings in config.models.items():
-        try:
-            models[name] = backends.create(name, settings)
-        except ValueError as e:
-            raise backends_config_error(name, e) from None
-    app[ROUTER] = Router(config, models, Devices.from_config(config))
+    app[ROUTER] = Router(config, build_models(config), Devices.from_config(config))
     app[LOG] = RequestLog(config.server.request_log)
     app[ENERGY] = ComputeEnergy.from_config(config.energy)
     app.router.add_post("/v1/chat/completions", chat_completions)
@@ -68,27 +61,22 @@ def create_app(config: Config) -> web.Application:
     return app
 
 
-def backends_config_error(name: str, e: ValueError):
-    from .config import ConfigError
-    return ConfigError(f"models.{name}.{e}")
-
-
 async def start_backends(app: web.Application) -> None:
     """Load models in the background so /healthz answers at once and /readyz says 503 until done."""
-    async def load(name, backend):
+    async def load(name, served):
         try:
-            await backend.start()
-            metrics.BACKEND_READY.labels(name, backend.kind).set(1)
+            await served.backend.start()
+            metrics.BACKEND_READY.labels(name, served.backend.kind, served.key).set(1)
         except Exception as e:  # a model that fails to load stays not-ready; the others still serve
-            log.error("model %s failed to load: %s", name, e)
-    app[LOADING] = [asyncio.create_task(load(n, b)) for n, b in app[ROUTER].backends.items()]
+            log.error("model %s failed to load: %s", served.key, e)
+    app[LOADING] = [asyncio.create_task(load(n, s)) for n, s in engines(app[ROUTER].models)]
 
 
 async def stop_backends(app: web.Application) -> None:
     for task in app[LOADING]:
         task.cancel()
-    for backend in app[ROUTER].backends.values():
-        await backend.close()
+    for _, served in engines(app[ROUTER].models):
+        await served.backend.close()
     app[LOG].close()
 
 
@@ -159,8 +147,10 @@ async def generate(request: web.Request, kind: str) -> web.StreamResponse:
     body, nbytes = await read_json(request)
     (validate.chat if kind == "chat" else validate.completion)(body)
     route = request.app[ROUTER].route(request.headers, body["model"])
-    meter = RequestMeter(*route.labels, route.device_id, route.session and route.session.id, t_received, nbytes)
-    if route.mode == "local" and route.backend.in_process:  # the generation runs on the device: charge it
+    meter = RequestMeter(*route.labels, route.device_id, route.session and route.session.id, t_received, nbytes,
+                         route.served.record)
+    # compute energy follows placement: the device's only when the model runs as the device's, in-process
+    if route.served.placement == "device" and route.backend.in_process:
         meter.energy = request.app[ENERGY]
     stream = body.get("stream", False)
     response = None
@@ -448,24 +438,30 @@ async def complete(request, route: Route, meter: RequestMeter, events, kind: str
     return web.Response(body=orjson.dumps(out), content_type="application/json", headers=headers)
 
 
-def model_card(name: str, backend) -> dict:
-    """vLLM's model card fields: `vllm bench serve` reads ``root``, GuideLLM ``id``."""
-    return {"id": name, "object": "model", "created": 0, "owned_by": f"edgemeter:{backend.kind}", "root": name,
-            "parent": None, "max_model_len": getattr(backend, "n_ctx", None)}
+def model_card(name: str, placements: dict) -> dict:
+    contexts = [getattr(s.backend, "n_ctx", None) for s in placements.values()]
+    return {"id": name, "object": "model", "created": 0, "owned_by": "edgemeter", "root": name, "parent": None,
+            "max_model_len": min((c for c in contexts if c), default=None),
+            "placements": {p: {"backend": s.backend.kind, "served_by": s.key, "host": s.host,
+                               "modes": [m for m, need in MODE_PLACEMENT.items() if need == p]}
+                           for p, s in placements.items()},
+            "placement_emulated": any(s.emulated for s in placements.values())}
 
 
 async def list_models(request: web.Request) -> web.Response:
-    data = [model_card(name, b) for name, b in request.app[ROUTER].backends.items()]
+    """Each model with vLLM's card fields (`vllm bench serve` reads ``root``, GuideLLM ``id``) and its
+    placements: which backend answers the modes that need the device or the cloud."""
+    data = [model_card(name, placements) for name, placements in request.app[ROUTER].models.items()]
     return web.json_response({"object": "list", "data": data}, dumps=lambda o: orjson.dumps(o).decode())
 
 
 async def get_model(request: web.Request) -> web.Response:
     name = request.match_info["model"]
-    backend = request.app[ROUTER].backends.get(name)
-    if backend is None:
+    placements = request.app[ROUTER].models.get(name)
+    if placements is None:
         raise APIError(404, f"The model '{name}' does not exist", type="invalid_request_error", param="model",
                        code="model_not_found")
-    return web.json_response(model_card(name, backend), dumps=lambda o: orjson.dumps(o).decode())
+    return web.json_response(model_card(name, placements), dumps=lambda o: orjson.dumps(o).decode())
 
 
 async def end_session(request: web.Request) -> web.Response:
@@ -505,8 +501,8 @@ async def end_session(request: web.Request) -> web.Response:
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
     router = request.app[ROUTER]
-    for name, b in router.backends.items():
-        metrics.WAITING.labels(name, b.kind).set(getattr(b, "waiting", 0))
+    for name, s in engines(router.models):
+        metrics.WAITING.labels(name, s.backend.kind, s.key).set(getattr(s.backend, "waiting", 0))
     router.devices.export(time.perf_counter())
     body, ctype = metrics.render()
     return web.Response(body=body, headers={"Content-Type": ctype})
@@ -518,7 +514,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     """vLLM's /health: 200 with an empty body once every model is loaded, 503 before."""
-    ready = all(b.ready for b in request.app[ROUTER].backends.values())
+    ready = all(s.backend.ready for _, s in engines(request.app[ROUTER].models))
     return web.Response(status=200 if ready else 503)
 
 
@@ -527,7 +523,7 @@ async def version(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    backends_ = request.app[ROUTER].backends
-    state = {name: b.ready for name, b in backends_.items()}
+    state = {name: all(s.backend.ready for s in placements.values())
+             for name, placements in request.app[ROUTER].models.items()}
     ok = all(state.values())
     return web.json_response({"status": "ready" if ok else "loading", "models": state}, status=200 if ok else 503)

@@ -14,6 +14,9 @@ from typing import Any
 import yaml
 
 MODES = ("local", "hybrid", "cloud")
+PLACEMENTS = ("device", "cloud")
+# Where each mode needs the model: on the device (local) or in the cloud (hybrid, cloud).
+MODE_PLACEMENT = {"local": "device", "hybrid": "cloud", "cloud": "cloud"}
 
 
 class ConfigError(ValueError):
@@ -110,18 +113,40 @@ def from_dict(data: dict | None, source: str = "<dict>") -> Config:
     if not isinstance(models, dict) or not models:
         raise ConfigError("models: at least one model is required (name -> backend settings)")
     for name, block in models.items():
-        if not isinstance(block, dict):
-            raise ConfigError(f"models.{name}: must be a mapping with a 'backend' key")
-        block = dict(block)
-        if "api_key" in block:
-            block["api_key"] = _resolve_secret(block["api_key"], f"models.{name}.api_key")
-        cfg.models[str(name)] = block
+        cfg.models[str(name)] = _model_block(block, f"models.{name}")
     for key in ("networks", "energy"):
         value = data.get(key) or {}
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: must be a mapping")
         setattr(cfg, key, value)
     return cfg
+
+
+def _backend_block(block: Any, key: str) -> dict:
+    if not isinstance(block, dict) or "backend" not in block:
+        raise ConfigError(f"{key}: must be a mapping with a 'backend' key")
+    block = dict(block)
+    if "api_key" in block:
+        block["api_key"] = _resolve_secret(block["api_key"], f"{key}.api_key")
+    return block
+
+
+def _model_block(block: Any, key: str) -> dict:
+    """A model is either one plain backend block (``backend: ...``, optionally ``placement:``)
+    or a block per placement (``device:`` and/or ``cloud:``, each a backend block)."""
+    if isinstance(block, dict) and "backend" not in block and set(block) & set(PLACEMENTS):
+        for k in block:
+            if k not in PLACEMENTS:
+                raise ConfigError(f"{key}.{k}: unknown key beside placement blocks (known: {', '.join(PLACEMENTS)})")
+        out = {p: _backend_block(block[p], f"{key}.{p}") for p in block}
+        for p, b in out.items():
+            if "placement" in b:
+                raise ConfigError(f"{key}.{p}.placement: the block's key ({p}) already says where it runs")
+        return out
+    block = _backend_block(block, key)
+    if "placement" in block and block["placement"] not in PLACEMENTS:
+        raise ConfigError(f"{key}.placement: must be one of {', '.join(PLACEMENTS)}, got {block['placement']!r}")
+    return block
 
 
 def load(path: str | Path) -> Config:

@@ -80,12 +80,15 @@ class RequestMeter:
                  "t_received", "t_backend", "t_scheduled", "t_first_token", "t_backend_first", "t_last_token",
                  "t_end", "last_delivery", "itl_child", "prompt_tokens", "completion_tokens", "usage_source",
                  "bytes_up", "bytes_down", "net", "cpu_s", "compute_j", "compute_method", "finish_reason",
-                 "chunks", "timeline", "energy", "window", "_running")
+                 "chunks", "timeline", "energy", "window", "_running", "placement")
 
     def __init__(self, model: str, backend: str, mode: str, network: str, device: str, session: str | None,
-                 t_received: float, bytes_up: int):
-        self.labels = (model, backend, mode, network)
-        self.model, self.backend, self.mode, self.network = self.labels
+                 t_received: float, bytes_up: int, placement: dict):
+        # placement: proxy.router.Served.record, where the model ran; its first two fields are labels too
+        self.placement = placement
+        self.labels = (model, backend, mode, network, placement["placement"],
+                       "true" if placement["placement_emulated"] else "false")
+        self.model, self.backend, self.mode, self.network = model, backend, mode, network
         self.device, self.session = device, session
         self.request_id = "chatcmpl-" + uuid.uuid4().hex[:24]
         self.t_received = t_received
@@ -205,7 +208,8 @@ class RequestMeter:
         energy = charge.settled_j + self.compute_j  # spent so far: a pending tail is in no figure but its own
         per_token = energy / self.completion_tokens if self.completion_tokens else None
         return {
-            "request_id": self.request_id, "model": self.model, "backend": self.backend, "mode": self.mode,
+            "request_id": self.request_id, "model": self.model, "backend": self.backend, **self.placement,
+            "mode": self.mode,
             "network": self.network, "device": self.device, "session": self.session, "status": status,
             "error": cause, "finish_reason": self.finish_reason,
             "ttft_s": ttft, "backend_ttft_s": backend_ttft, "e2e_s": e2e, "tpot_s": tpot, "queue_s": queue,

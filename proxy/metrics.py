@@ -2,6 +2,8 @@
 
 Labels take only configured values (model, backend, mode, network, plus fixed
 enums such as direction and component), so a client cannot create new series.
+``placement`` (device | cloud) is where the mode needed the model, and
+``placement_emulated`` is "true" when a single-backend model stood in for it.
 Device and session ids never become labels.
 
 Several proxy processes: set PROMETHEUS_MULTIPROC_DIR (an empty directory) before
@@ -15,7 +17,8 @@ from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, 
                                generate_latest, multiprocess)
 from prometheus_client import REGISTRY
 
-REQ = ("model", "backend", "mode", "network")
+REQ = ("model", "backend", "mode", "network", "placement", "placement_emulated")
+ENGINE = ("model", "backend", "served_by")  # one configured backend block
 
 # 1 ms .. 10 min: covers a local token (~10 ms) up to an agent call over a bad link.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15,
@@ -28,7 +31,7 @@ REQUESTS = Counter("edgemeter_requests", "Finished requests by HTTP status.", RE
 ERRORS = Counter("edgemeter_request_errors", "Failed requests by cause.", REQ + ("cause",))
 RUNNING = Gauge("edgemeter_num_requests_running", "Requests in flight in the proxy.", REQ,
                 multiprocess_mode="livesum")
-WAITING = Gauge("edgemeter_num_requests_waiting", "Requests waiting for a backend slot.", ("model", "backend"),
+WAITING = Gauge("edgemeter_num_requests_waiting", "Requests waiting for a backend slot.", ENGINE,
                 multiprocess_mode="livesum")
 QUEUE_TIME = Histogram("edgemeter_request_queue_time_seconds", "Time waiting for a backend slot.", REQ,
                        buckets=LATENCY_BUCKETS)
@@ -75,7 +78,7 @@ DEVICE_ENERGY = Counter("edgemeter_device_energy_joules",
 ENERGY_PER_TOKEN = Histogram("edgemeter_energy_per_token_joules",
                              "Per request: (radio + on-device compute joules) / generated tokens.", REQ,
                              buckets=ENERGY_BUCKETS)
-BACKEND_READY = Gauge("edgemeter_backend_ready", "1 when the model's backend is loaded.", ("model", "backend"),
+BACKEND_READY = Gauge("edgemeter_backend_ready", "1 when the model's backend is loaded.", ENGINE,
                       multiprocess_mode="max")
 
 

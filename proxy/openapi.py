@@ -101,7 +101,9 @@ def _schemas(models: list[str] | None) -> dict:
         "Model": {"type": "object", "required": ["id", "object", "owned_by", "root"], "properties": {
             "id": {"type": "string"}, "object": {"type": "string"}, "created": {"type": "integer"},
             "owned_by": {"type": "string"}, "root": {"type": "string"},
-            "max_model_len": {"type": "integer", "nullable": True}}},
+            "max_model_len": {"type": "integer", "nullable": True},
+            "placements": {"type": "object", "description": "device and/or cloud: the backend each answers"},
+            "placement_emulated": {"type": "boolean"}}},
         "ModelList": {"type": "object", "required": ["object", "data"], "properties": {
             "object": {"type": "string", "enum": ["list"]},
             "data": {"type": "array", "items": _ref("Model")}}},
@@ -196,6 +198,6 @@ def document(models: list[str], networks: list[str], *, api_key: bool, metrics_a
 async def serve(request: web.Request) -> web.Response:
     from .app import CONFIG, ROUTER  # the app module imports this one
     router, config = request.app[ROUTER], request.app[CONFIG]
-    doc = document(list(router.backends), list(router.devices.presets), api_key=bool(config.server.api_key),
+    doc = document(list(router.models), list(router.devices.presets), api_key=bool(config.server.api_key),
                    metrics_auth=config.server.metrics_auth)
     return web.Response(body=orjson.dumps(doc), content_type=JSON)

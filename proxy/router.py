@@ -8,15 +8,22 @@ Modes (config default, per-request override by header):
           link twice, the task going up (its first call's request) and the final answer
           coming down (POST /edgemeter/v1/sessions/{id}/end); calls in between stay in the
           datacenter. A cloud-mode call without a session header is a one-call session.
+
+Placement: ``local`` needs the model on the device, ``hybrid`` and ``cloud`` need it in the
+cloud. A model configured with ``device:`` and ``cloud:`` blocks is answered by the block the
+mode needs, and a mode whose placement the model lacks is refused. A plain single-backend
+block stands in for both placements, and everything it serves says so (``placement_emulated``).
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
+import backends
 from backends import Backend
 
-from proxy.config import MODES, Config
+from proxy.config import MODE_PLACEMENT, MODES, PLACEMENTS, Config, ConfigError
 from proxy.device import Device, Devices
 from proxy.errors import APIError, bad_request
 from proxy.radio import RadioCharge
@@ -63,10 +70,67 @@ class Session:
                 "radio_tail_provisional_j": sum(c.tail_provisional_j for c in cs)}
 
 
+@dataclass(frozen=True)
+class Served:
+    """The backend that answers one placement of a model."""
+    placement: str   # device | cloud: where the mode needs the model
+    backend: Backend
+    key: str         # its config block: "smollm2" (plain) or "smollm2.cloud"
+    emulated: bool   # a plain single-backend block standing in for this placement
+    host: str        # in-process | same-host | remote: where the backend really runs
+
+    @property
+    def record(self) -> dict:
+        """What every request record and log line carries about it."""
+        return {"placement": self.placement, "placement_emulated": self.emulated, "served_by": self.key,
+                "served_host": self.host}
+
+
+def _host(backend: Backend) -> str:
+    if backend.in_process:
+        return "in-process"
+    host = urlsplit(getattr(backend, "base_url", "")).hostname or ""
+    return "same-host" if host in ("localhost", "::1") or host.startswith("127.") else "remote"
+
+
+def _create(name: str, settings: dict, key: str) -> Backend:
+    try:
+        return backends.create(name, settings)
+    except ValueError as e:
+        raise ConfigError(f"{key}.{e}") from None
+
+
+def build_models(config: Config) -> dict[str, dict[str, Served]]:
+    """Model name -> placement -> Served, from the checked config (see proxy.config._model_block)."""
+    models = {}
+    for name, block in config.models.items():
+        if "backend" in block:
+            backend = _create(name, {k: v for k, v in block.items() if k != "placement"}, f"models.{name}")
+            if "placement" in block:  # pinned: this model exists only there
+                served = [Served(block["placement"], backend, name, False, _host(backend))]
+            else:  # a stand-in: one backend answers both placements, and says so
+                served = [Served(p, backend, name, True, _host(backend)) for p in PLACEMENTS]
+        else:
+            served = [Served(p, b := _create(name, sub, f"models.{name}.{p}"), f"{name}.{p}", False, _host(b))
+                      for p, sub in block.items()]
+        models[name] = {s.placement: s for s in served}
+    return models
+
+
+def engines(models: dict[str, dict[str, Served]]) -> list[tuple[str, Served]]:
+    """Each configured backend once (a stand-in serves two placements with one backend)."""
+    seen = {}
+    for name, placements in models.items():
+        for s in placements.values():
+            seen.setdefault(id(s.backend), (name, s))
+    return list(seen.values())
+
+
 @dataclass
 class Route:
     model: str
     backend: Backend
+    served: Served
     mode: str
     network: str
     device_id: str
@@ -80,9 +144,9 @@ class Route:
 
 
 class Router:
-    def __init__(self, config: Config, backends: dict[str, Backend], devices: Devices):
+    def __init__(self, config: Config, models: dict[str, dict[str, Served]], devices: Devices):
         self.config = config
-        self.backends = backends
+        self.models = models
         self.devices = devices
         self.sessions: dict[str, Session] = {}
 
@@ -95,14 +159,18 @@ class Router:
         return value
 
     def route(self, headers, model: str) -> Route:
-        backend = self.backends.get(model)
-        if backend is None:
-            raise APIError(404, f"The model '{model}' does not exist (known: {', '.join(self.backends)})",
+        placements = self.models.get(model)
+        if placements is None:
+            raise APIError(404, f"The model '{model}' does not exist (known: {', '.join(self.models)})",
                            param="model", code="model_not_found")
-        if not backend.ready:
-            raise APIError(503, f"model '{model}' is still loading", type="server_error", code="not_ready")
         d = self.config.defaults
         mode = self._header(headers, H_MODE, d.mode, MODES)
+        served = placements.get(MODE_PLACEMENT[mode])
+        if served is None:  # never silently: another placement's backend would measure something else
+            raise bad_request(f"model '{model}' has no {MODE_PLACEMENT[mode]} backend, which mode '{mode}' needs "
+                              f"(its placements: {', '.join(placements)})", "model", "placement_unavailable")
+        if not served.backend.ready:
+            raise APIError(503, f"model '{model}' is still loading", type="server_error", code="not_ready")
         network = self._header(headers, H_NETWORK, d.network, self.devices.presets)
         device_id = self._header(headers, H_DEVICE, d.device)
         session_id = headers.get(H_SESSION)
@@ -119,7 +187,7 @@ class Router:
             down = None
         else:
             up = down = None
-        return Route(model, backend, mode, network, device_id, session, up, down)
+        return Route(model, served.backend, served, mode, network, device_id, session, up, down)
 
     def _session(self, sid: str, mode: str, network: str, device: Device | None) -> Session:
         self._expire()

@@ -4,14 +4,12 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from harness.common.procs import free_port, wait_http  # noqa: F401  (re-exported for tests)
+from harness.common.procs import free_port, start_llama_server, wait_http  # noqa: F401  (re-exported for tests)
 from proxy.config import from_dict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,20 +45,22 @@ def smollm2() -> str:
 
 
 @pytest.fixture(scope="session")
-def llama_server(smollm2):
+def llama_server_proc(smollm2, tmp_path_factory):
     """llama-cpp-python's own OpenAI server on SmolLM2: a real upstream that sends no usage
-    in streams and runs one request at a time."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", smollm2, "--port", str(port),
-                             "--host", "127.0.0.1", "--interrupt_requests", "False", "--n_ctx", "2048",
-                             "--model_alias", "smollm2"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/v1/models", proc)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    in streams and runs one request at a time. Yields (its /v1 URL, its log for served_requests)."""
+    log_path = tmp_path_factory.mktemp("llama_server") / "server.log"
+    with open(log_path, "wb") as log:
+        proc, url = start_llama_server(smollm2, "smollm2", log)
+        try:
+            yield url, log_path
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def llama_server(llama_server_proc) -> str:
+    return llama_server_proc[0]
 
 
 def local_model(**extra) -> dict:

@@ -9,6 +9,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+from harness.agents import where
 from harness.agents.passk import mean_pass_at_k
 from harness.agents.results import read_rows
 from harness.common.stats import bootstrap_ci, mean, percentile, std
@@ -217,12 +218,19 @@ def plots(sums: list[dict], out: Path) -> list[Path]:
     return written
 
 
-def write_report(run_dir: str | Path, *, with_plots: bool = True) -> list[dict]:
+def write_report(run_dir: str | Path, *, with_plots: bool = True, price: tuple[float, float] | None = None) -> list[dict]:
     out = Path(run_dir)
     info_path = out / "run.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
     ks = info.get("k") or [1]
-    sums = summaries(read_rows(out / "results.jsonl"), ks)
+    rows = read_rows(out / "results.jsonl")
+    sums = summaries(rows, ks)
+    # Where should it run: one decision per preset; a replay grid's points are summed up as break-even points.
+    grid = (info.get("replay") or {}).get("grid")
+    decisions = where.decide(rows, price)
+    breaks = where.break_even(decisions, grid) if grid else None
+    shown = [d for d in decisions if not grid or d["network"] not in grid["presets"]]
+    (out / "where.json").write_text(json.dumps({"decisions": decisions, "break_even": breaks}, indent=2))
     (out / "summary.json").write_text(json.dumps(sums, indent=2))
     with open(out / "summary.csv", "w", newline="") as f:
         fields = list(sums[0]) if sums else list(GROUP)
@@ -230,20 +238,35 @@ def write_report(run_dir: str | Path, *, with_plots: bool = True) -> list[dict]:
         w.writeheader()
         for s in sums:
             w.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in s.items()})
-    (out / "report.md").write_text(markdown(sums, info, ks))
+    (out / "report.md").write_text(markdown(sums, info, ks) + "\n" + where.markdown(shown, breaks))
     if with_plots and sums:
         plots(sums, out)
+        where.plots(shown, breaks, grid, out, points=decisions)
     return sums
+
+
+def _price(text: str) -> tuple[float, float]:
+    try:
+        p_in, p_out = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("give IN,OUT: USD per million prompt and completion tokens") from None
+    return p_in, p_out
+
+
+def add_price_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cloud-price", type=_price, metavar="IN,OUT",
+                   help="USD per million prompt,completion tokens the cloud model costs (cloud-placed calls only)")
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m harness report", description=__doc__)
     p.add_argument("run_dir")
     p.add_argument("--no-plots", action="store_true")
+    add_price_arg(p)
     args = p.parse_args(argv)
     if not (Path(args.run_dir) / "results.jsonl").exists():
         print(f"no results.jsonl in {args.run_dir}")
         return 1
-    sums = write_report(args.run_dir, with_plots=not args.no_plots)
+    sums = write_report(args.run_dir, with_plots=not args.no_plots, price=args.cloud_price)
     print((Path(args.run_dir) / "report.md").read_text())
     return 0 if sums else 1

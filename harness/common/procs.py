@@ -1,9 +1,11 @@
-"""Processes for commands and tests: a free loopback port, waiting until a URL answers, the event loop."""
+"""Processes for commands and tests: a free loopback port, waiting until a URL answers, a real
+OpenAI server process, the event loop."""
 from __future__ import annotations
 
 import asyncio
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 
@@ -27,6 +29,30 @@ def wait_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 6
         except OSError:
             time.sleep(0.1)
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def start_llama_server(model: str, alias: str, log, n_ctx: int = 2048) -> tuple[subprocess.Popen, str]:
+    """llama-cpp-python's own OpenAI server (the ``server`` extra of llama-cpp-python) on a GGUF
+    file, on a free loopback port: a real upstream process in its own right. Returns the process
+    and its ``/v1`` URL once it answers. ``log`` (a file) gets its output, uvicorn's access log
+    among it, so ``served_requests`` can count what the server itself saw."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", model, "--port", str(port),
+                             "--host", "127.0.0.1", "--interrupt_requests", "False", "--n_ctx", str(n_ctx),
+                             "--model_alias", alias], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v1/models", proc, timeout=120)
+    except BaseException:
+        proc.terminate()
+        proc.wait(10)
+        raise
+    return proc, f"http://127.0.0.1:{port}/v1"
+
+
+def served_requests(log_path, path: str = "/v1/chat/completions") -> int:
+    """Requests to ``path`` in a ``start_llama_server`` log (uvicorn logs one access line each)."""
+    with open(log_path, errors="replace") as f:
+        return sum(f'"POST {path} HTTP' in line for line in f)
 
 
 def run_uvloop(coro):

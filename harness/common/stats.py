@@ -1,4 +1,6 @@
-"""Summary statistics for repeated measurements: mean, std, percentiles, bootstrap CIs."""
+"""Summary statistics for repeated measurements: mean, std, percentiles, bootstrap CIs, and
+paired comparisons of two configurations on the same tasks (McNemar's exact test, a paired
+bootstrap of the difference)."""
 from __future__ import annotations
 
 import math
@@ -39,3 +41,28 @@ def bootstrap_ci(xs: Sequence[float], *, level: float = 0.95, resamples: int = 2
     means = sorted(sum(rng.choices(xs, k=n)) / n for _ in range(resamples))
     tail = (1 - level) / 2 * 100
     return percentile(means, tail), percentile(means, 100 - tail)
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value for paired pass/fail outcomes. ``b``: pairs only the first
+    configuration passed, ``c``: only the second. Under "no difference" each discordant pair is a
+    fair coin, so b ~ Binomial(b + c, 1/2) and p = 2 P(X <= min(b, c)), capped at 1
+    (McNemar 1947; the exact form as in Fagerland, Lydersen & Laake 2013, BMC Med Res Methodol 13:91)."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1))
+    return min(1.0, 2 * tail / 2 ** n)  # exact integers; one division at the end
+
+
+def paired_bootstrap_diff(a: Sequence[float], b: Sequence[float], *, level: float = 0.95, resamples: int = 2000,
+                          seed: int = 0) -> tuple[float, float, float] | None:
+    """mean(a) - mean(b) over paired items (a[i] and b[i] measured on the same task), with a
+    percentile bootstrap CI that resamples the pairs, so task difficulty cancels out."""
+    if len(a) != len(b):
+        raise ValueError("paired samples must have the same length")
+    if not a:
+        return None
+    d = [x - y for x, y in zip(a, b)]
+    ci = bootstrap_ci(d, level=level, resamples=resamples, seed=seed)
+    return mean(d), ci[0], ci[1]

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import sys
@@ -39,7 +40,7 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from proxy.config import MODES, ConfigError
+from proxy.config import MODE_PLACEMENT, MODES, ConfigError
 from proxy.config import load as load_config
 from proxy.device import Device
 from proxy.energy import ComputeEnergy
@@ -50,6 +51,7 @@ from proxy.profiles import PROFILES, DeviceProfile, device_energy, generation_j
 from proxy.router import Session as ProxySession
 
 from harness.replay import trace as tr
+from harness.agents import report, where
 from harness.agents.run import task_totals
 from harness.common.stats import mean, percentile
 
@@ -179,7 +181,11 @@ class Replayer:
                 compute_j, method = self.energy.estimate_j(c.cpu_s), "estimate"
         e2e = end - t
         record = {
-            "request_id": f"replay-{s.id}-{i + 1}", "model": s.model, "backend": c.backend, "mode": self.mode,
+            "request_id": f"replay-{s.id}-{i + 1}", "model": s.model, "backend": c.backend,
+            # the recorded generation stands in for the other placement's when the mode moves the model
+            "placement": MODE_PLACEMENT[self.mode],
+            "placement_emulated": MODE_PLACEMENT[self.mode] != MODE_PLACEMENT.get(s.mode, MODE_PLACEMENT[self.mode]),
+            "mode": self.mode,
             "network": self.network, "device": s.device, "session": s.id, "status": c.status, "error": c.error,
             "finish_reason": c.finish_reason, "ttft_s": ttft, "backend_ttft_s": c.first_token_s, "e2e_s": e2e,
             "tpot_s": tpot, "queue_s": c.queue_s, "prompt_tokens": c.prompt_tokens,
@@ -250,7 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("traces", nargs="+", help="trace files, harness run directories or results.jsonl, proxy request logs")
     a("--out", required=True, help="directory for results.jsonl, run.json and the report")
     a("--modes", default=",".join(MODES), help="comma-separated deployment modes (default: all)")
-    a("--networks", help="comma-separated network presets (default: every preset known)")
+    a("--networks", help="comma-separated network presets (default: every preset known; with --grid: 4g)")
+    a("--grid", nargs="+", metavar="KEY=SPEC", help="also replay a grid of custom presets around each network: "
+      "KEY is one of " + ", ".join(GRID_KEYS) + "; SPEC is LO..HI (5 log-spaced values), LO..HI:N, or V1,V2,...; "
+      "the report gives the break-even points where two modes' ranking flips")
+    a("--recorded-modes", help="replay only sessions recorded in these modes (e.g. local: the device's "
+                               "recordings, whose measured compute energy local mode keeps)")
     a("--radio", choices=sorted(RADIO_PROFILES), help="radio profile for every preset (default: each preset's own)")
     a("--compat", choices=["pocket-agent"], help="replay under the agent-placement study's network and radio model "
                                                  "(per-call Gaussian RTT, its radio figures) to set results beside it")
@@ -262,8 +273,52 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "(their rows carry the reasons); default: skip them")
     a("--save-traces", help="also write the loaded sessions as a trace file (harness.replay.trace format)")
     a("--no-report", action="store_true")
+    report.add_price_arg(p)
     a("--no-plots", action="store_true")
     return p
+
+
+GRID_KEYS = ("rtt_ms", "jitter_ms", "loss", "up_mbps", "down_mbps")
+GRID_POINTS = 5
+
+
+def grid_axis(text: str) -> tuple[str, list[float]]:
+    """``rtt_ms=10..500`` -> ("rtt_ms", [10, 26.6, 70.7, 188, 500]): log-spaced (network conditions
+    matter by ratio), linear when LO is 0; ``:N`` sets the count; ``a,b,c`` lists them."""
+    key, _, spec = text.partition("=")
+    if key not in GRID_KEYS:
+        raise ValueError(f"--grid {text}: unknown key {key!r} (known: {', '.join(GRID_KEYS)})")
+    try:
+        if ".." in spec:
+            span, _, n = spec.partition(":")
+            lo, hi = (float(x) for x in span.split(".."))
+            n = int(n) if n else GRID_POINTS
+            if n < 2 or lo >= hi or lo < 0:
+                raise ValueError
+            if lo > 0:
+                values = [lo * (hi / lo) ** (i / (n - 1)) for i in range(n)]
+            else:
+                values = [lo + (hi - lo) * i / (n - 1) for i in range(n)]
+            values = [float(f"{v:.3g}") for v in values]  # readable preset names
+        else:
+            values = sorted(float(x) for x in spec.split(","))
+    except ValueError:
+        raise ValueError(f"--grid {text}: give {key}=LO..HI, {key}=LO..HI:N (N >= 2, 0 <= LO < HI) "
+                         f"or {key}=V1,V2,...") from None
+    return key, values
+
+
+def grid_presets(bases: list, axes: dict[str, list[float]]) -> tuple[list, dict]:
+    """A custom preset per base x grid point, named ``4g~rtt_ms=50,down_mbps=5``; the base's other
+    settings (jitter, loss, radio) stay."""
+    presets, spec = [], {}
+    for base in bases:
+        for values in itertools.product(*axes.values()):
+            over = dict(zip(axes, values))
+            name = base.name + "~" + ",".join(f"{k}={v:g}" for k, v in over.items())
+            presets.append(dataclasses.replace(base, name=name, **over))
+            spec[name] = {"base": base.name, **over}
+    return presets, {"axes": axes, "presets": spec}
 
 
 def _source_info(paths: list[str]) -> dict:
@@ -287,13 +342,20 @@ def main(argv: list[str]) -> int:
     for m in modes:
         if m not in MODES:
             raise SystemExit(f"replay: unknown mode {m!r} (known: {', '.join(MODES)})")
-    names = _csv(args.networks) or list(presets)
+    names = _csv(args.networks) or (["4g"] if args.grid else list(presets))
     for n in names:
         if n not in presets:
             raise SystemExit(f"replay: unknown network preset {n!r} (known: {', '.join(presets)})")
     chosen = [pocket_agent(presets[n]) if args.compat else presets[n] for n in names]
     if args.radio:
         chosen = [dataclasses.replace(p, radio=args.radio) for p in chosen]
+    grid = None
+    if args.grid:
+        try:
+            extra, grid = grid_presets(chosen, dict(grid_axis(g) for g in args.grid))
+        except ValueError as e:
+            raise SystemExit(f"replay: {e}") from None
+        chosen += extra
     seed = int(args.seed) if args.seed.lstrip("-").isdigit() else args.seed
     device = {"device": args.device_profile} if args.device_profile else {}
     energy = ComputeEnergy.from_config({**(config.energy if config else {}), "method": "estimate", **device})
@@ -304,6 +366,8 @@ def main(argv: list[str]) -> int:
             sessions += tr.load(path)
         except (OSError, ValueError) as e:
             raise SystemExit(f"replay: {e}") from None
+    if args.recorded_modes:
+        sessions = [s for s in sessions if s.mode in _csv(args.recorded_modes)]
     tr.validate(sessions)
     if args.save_traces:
         tr.save(args.save_traces, sessions)
@@ -331,14 +395,13 @@ def main(argv: list[str]) -> int:
                 "replay": {"argv": argv, "seed": seed, "modes": modes, "networks": names, "radio": args.radio,
                            "compat": args.compat,
                            "sessions": len(sessions), "replayed": len(usable), "skipped": skipped,
-                           "flagged": len(flagged), "replay_s": t_replayed - t_loaded},
+                           "flagged": len(flagged), "replay_s": t_replayed - t_loaded, "grid": grid},
                 "written_at": time.time()}
     tmp = out / "run.json.tmp"
     tmp.write_text(json.dumps(run_info, indent=2))
     os.replace(tmp, out / "run.json")
     if not args.no_report:
-        from harness.agents import report
-        report.write_report(out, with_plots=not args.no_plots)
+        report.write_report(out, with_plots=not args.no_plots, price=args.cloud_price)
 
     reasons = Counter(f.split(":", 1)[0] for s in flagged for f in s.flags)
     print(f"{len(usable)} of {len(sessions)} sessions x {len(modes)} modes x {len(chosen)} networks = {len(rows)} "
@@ -353,6 +416,8 @@ def main(argv: list[str]) -> int:
         print("note: some sessions do not say how big their final answer was (a proxy log); cloud mode sends "
               "them down as an empty answer", file=sys.stderr)
     print(table(rows))
+    if grid:
+        print("\n" + where.break_even_table(where.break_even(where.decide(rows, args.cloud_price), grid)))
     if not args.no_report:
         print(f"report: {out / 'report.md'}", file=sys.stderr)
     return 0 if rows or not sessions else 1

@@ -115,7 +115,8 @@ def test_request_is_charged_from_when_it_got_its_slot(powercap):
     root, pkg0, _, _ = powercap
     e = ComputeEnergy("zeus", ZeusMeter(root), sample_s=None)
     e.sample(t=0.0)
-    m = RequestMeter("m", "llama.cpp", "local", "local", "dev", None, t_received=0.0, bytes_up=0)
+    m = RequestMeter("m", "llama.cpp", "local", "local", "dev", None, t_received=0.0, bytes_up=0,
+                     placement={"placement": "device", "placement_emulated": False})
     m.energy = e
     add_uj(pkg0, 1_000_000)  # 0..1 s: queued
     e.sample(t=1.0)

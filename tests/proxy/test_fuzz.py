@@ -48,7 +48,7 @@ def served_document() -> dict:
     """What GET /openapi.json serves for this config (checked against the live proxy below):
     schemathesis needs the document when tests are collected, before any server runs."""
     router = create_app(config())[ROUTER]
-    return orjson.loads(orjson.dumps(openapi.document(list(router.backends), list(router.devices.presets),
+    return orjson.loads(orjson.dumps(openapi.document(list(router.models), list(router.devices.presets),
                                                       api_key=False, metrics_auth=False)))
 
 

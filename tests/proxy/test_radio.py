@@ -255,12 +255,14 @@ def test_meter_counts_request_radio_energy_only_once_spent():
     from proxy import metrics as m
     from proxy.meter import RequestMeter
     labels = ("settle-test", "upstream", "hybrid", "lte-test")
-    meter = RequestMeter(*labels, "dev", None, t_received=0.0, bytes_up=0)
+    meter = RequestMeter(*labels, "dev", None, t_received=0.0, bytes_up=0,
+                         placement={"placement": "cloud", "placement_emulated": False})
     meter.completion_tokens = 4
     r = Radio(LTE)
     r.transfer(0.0, 0.26 + 1.0, 0, 1000, into=meter.net.charge)
     record = meter.finish(200)
-    counter, per_token = m.REQ_RADIO_ENERGY.labels(*labels), m.ENERGY_PER_TOKEN.labels(*labels)
+    counter, per_token = (m.REQ_RADIO_ENERGY.labels(*labels, "cloud", "false"),
+                          m.ENERGY_PER_TOKEN.labels(*labels, "cloud", "false"))
     spent_at_finish = meter.net.charge.settled_j
     assert record["radio_j"] == spent_at_finish and not record["radio_settled"]
     assert record["radio_tail_provisional_j"] == pytest.approx(LTE_TAIL_J)

@@ -267,8 +267,8 @@ async def test_a_live_recording_round_trips_into_replay(aiohttp_server, tmp_path
         assert local["wall_s"] == pytest.approx(row["wall_s"], abs=0.1)
         assert local["passed"] == row["passed"] and local["net_delay_s"] == 0
         first = hybrid["llm_calls"][0]["edgemeter"]["net_delay_s"]
-        # one device: the second task starts within the radio tail the first one left
-        assert first["promotion"] == pytest.approx(PROMOTION if i == 0 else 0.0)
+        # one device, but a task's end waits out its radio tail (docs/energy.md): each task promotes
+        assert first["promotion"] == pytest.approx(PROMOTION)
         assert first["propagation"] == pytest.approx(2 * ONE_WAY)
         assert hybrid["wall_s"] > local["wall_s"] + 4 * ONE_WAY  # two calls, each up and down
         assert cloud["session_record"]["final_answer_delay_s"] >= ONE_WAY
@@ -323,3 +323,52 @@ def test_replay_prices_the_cloud_side_apart_from_the_device():
     assert h["cloud_j"] == pytest.approx(2 * 3 * 0.3)
     sr = h["session_record"]
     assert h["energy_j"] == pytest.approx(sr["baseline_j"] + sr["compute_j"] + sr["tools_j"] + sr["radio_j"])
+
+
+def test_grid_axis_specs():
+    assert replay.grid_axis("rtt_ms=10..1000:3") == ("rtt_ms", [10.0, 100.0, 1000.0])
+    assert replay.grid_axis("loss=0..0.1:3") == ("loss", [0.0, 0.05, 0.1])
+    assert replay.grid_axis("down_mbps=5,0.5,50") == ("down_mbps", [0.5, 5.0, 50.0])
+    assert replay.grid_axis("rtt_ms=10..500")[1] == [10.0, 26.6, 70.7, 188.0, 500.0]
+    for bad in ("rtt=1..2", "rtt_ms=5..1", "rtt_ms=1..2:1", "rtt_ms=x"):
+        with pytest.raises(ValueError):
+            replay.grid_axis(bad)
+
+
+def test_cli_grid_sweeps_custom_presets_and_reports_break_even(tmp_path, capsys):
+    tr.save(tmp_path / "t.jsonl", [session("a"), session("b", started_at=2000.0)])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({"models": {"m": {"backend": "upstream", "base_url": "http://127.0.0.1:9/v1"}},
+                               "networks": FIXED}))
+    out = tmp_path / "out"
+    assert replay.main([str(tmp_path / "t.jsonl"), "--out", str(out), "--networks", "fixed4g", "--config", str(cfg),
+                        "--grid", "rtt_ms=10..1000:3", "down_mbps=1,100", "--no-plots"]) == 0
+    grid = json.loads((out / "run.json").read_text())["replay"]["grid"]
+    assert grid["axes"] == {"rtt_ms": [10.0, 100.0, 1000.0], "down_mbps": [1.0, 100.0]}
+    assert grid["presets"]["fixed4g~rtt_ms=100,down_mbps=1"] == {"base": "fixed4g", "rtt_ms": 100.0, "down_mbps": 1.0}
+    rows = read_rows(out / "results.jsonl")
+    assert len(rows) == 2 * 3 * (1 + 6)  # sessions x modes x (base + grid points)
+    hybrid = {r["network"]: r["wall_s"] for r in rows if r["mode"] == "hybrid" and r["session"] == "a"}
+    walls = [hybrid[f"fixed4g~rtt_ms={rtt},down_mbps=100"] for rtt in (10, 100, 1000)]
+    # no jitter or loss: two calls, each one RTT (up and down one-way) later per extra RTT, and the
+    # first call's new connection pays its TCP and TLS handshakes (2 RTTs) too
+    assert walls[1] - walls[0] == pytest.approx(4 * 0.09) and walls[2] - walls[0] == pytest.approx(4 * 0.99)
+    rec = next(r for r in rows if r["mode"] == "hybrid")["llm_calls"][0]["edgemeter"]
+    assert (rec["placement"], rec["placement_emulated"]) == ("cloud", True)  # recorded on the device
+    md = (out / "report.md").read_text()
+    assert "### gsm8k on fixed4g" in md and "### gsm8k on fixed4g~" not in md
+    assert "### Break-even network conditions" in md and "### Break-even network conditions" in capsys.readouterr().out
+
+
+def test_recorded_modes_filter_and_pairing_by_session(tmp_path):
+    task = {"dataset": "gsm8k", "task_id": "t", "sample": 0, "repeat": 0, "passed": True}
+    tr.save(tmp_path / "t.jsonl", [session("a", task=task),
+                                   session("b", started_at=2000.0, mode="hybrid", network="4g", task=task)])
+    out = tmp_path / "out"
+    argv = [str(tmp_path / "t.jsonl"), "--out", str(out), "--modes", "local,cloud", "--networks", "wifi", "--no-plots"]
+    assert replay.main(argv + ["--recorded-modes", "local"]) == 0
+    assert {r["session"] for r in read_rows(out / "results.jsonl")} == {"a"}
+    assert replay.main(argv) == 0
+    where = json.loads((out / "where.json").read_text())["decisions"][0]
+    # one task recorded twice (in local and in hybrid mode): each recording pairs with its own replay
+    assert where["pairs"]["local vs cloud"]["pairs"] == 2
