@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DATASETS = ("gsm8k", "mbpp", "humaneval")
+MBPP_PROMPT_TESTS = ("first", "all")
 
 
 @dataclass(frozen=True)
@@ -54,14 +55,19 @@ def _mbpp_entry_point(row: dict) -> str:
     return m.group(1) if m else ""
 
 
-def _mbpp(root: Path) -> list[Task]:
+def _mbpp(root: Path, prompt_tests: str = "first") -> list[Task]:
+    """``prompt_tests``: ``first`` shows one of the asserts graded on (bigcode-evaluation-harness's
+    MBPP prompt, after InCoder), ``all`` shows all three (the MBPP paper's prompt)."""
+    if prompt_tests not in MBPP_PROMPT_TESTS:
+        raise ValueError(f"prompt_tests must be one of {MBPP_PROMPT_TESTS}")
     tasks = []
     for row in _jsonl(root / "mbpp" / "mbpp.jsonl"):
         if not 11 <= row["task_id"] <= 510:
             continue
         name = _mbpp_entry_point(row)
-        prompt = (f"{row['text']}\nWrite a Python function named `{name}`. Your code should pass these tests:\n"
-                  + "\n".join(row["test_list"]))
+        shown = row["test_list"][:1] if prompt_tests == "first" else row["test_list"]
+        prompt = (f"{row['text']}\nWrite a Python function named `{name}`. Your code should pass "
+                  + ("this test:\n" if len(shown) == 1 else "these tests:\n") + "\n".join(shown))
         tasks.append(Task("mbpp", str(row["task_id"]), prompt, row["code"],
                           {"test_list": row["test_list"], "test_setup_code": row["test_setup_code"],
                            "entry_point": name}))
@@ -81,11 +87,12 @@ def _humaneval(root: Path) -> list[Task]:
 _LOADERS = {"gsm8k": _gsm8k, "mbpp": _mbpp, "humaneval": _humaneval}
 
 
-def load(dataset: str, data_dir: str | os.PathLike | None = None) -> list[Task]:
+def load(dataset: str, data_dir: str | os.PathLike | None = None, *, mbpp_prompt_tests: str = "first") -> list[Task]:
+    """Every task of ``dataset``; MBPP prompts show its first test, or all with ``mbpp_prompt_tests="all"``."""
     if dataset not in _LOADERS:
         raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
     root = Path(data_dir) if data_dir else default_data_dir()
-    return _LOADERS[dataset](root)
+    return _mbpp(root, mbpp_prompt_tests) if dataset == "mbpp" else _LOADERS[dataset](root)
 
 
 def select(tasks: list[Task], *, limit: int | None = None, ids: list[str] | None = None,
