@@ -83,7 +83,8 @@ def summarise(rows: list[dict], ks: list[int]) -> dict:
         # how answers were read (docs/grading.md): GSM8K strict is ``accuracy``, flexible beside it
         "accuracy_flexible": _rate(rows, "passed_flexible"),
         "unparsed_rate": _rate(rows, "unparsed"), "truncated_rate": _rate(rows, "truncated"),
-        "graded_last_code_rate": _rate(rows, "graded_source", "last_code"),
+        "graded_last_code_rate": _rate([r for r in rows if r.get("grading_tests_run") is not None],  # code tasks
+                                       "graded_source", "last_code"),
         "ran_grading_tests_rate": _rate(rows, "ran_grading_tests"),
         "reasoning_tokens_mean": mean(_vals(rows, "reasoning_tokens")) if _vals(rows, "reasoning_tokens") else None,
     }
