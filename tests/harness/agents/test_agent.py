@@ -235,6 +235,14 @@ async def test_only_the_answer_is_read_never_the_reasoning(aiohttp_server, sandb
     assert outs[1].messages[-1]["content"] == "FINAL ANSWER: 391"  # history keeps the answer only
 
 
+async def test_reasoning_tokens_do_not_spend_the_answer_budget(aiohttp_server, sandbox, tmp_path):
+    _, url = await serve(aiohttp_server, [{"content": "```python\nprint(1)\n```", "reasoning_tokens": 3}])
+    async with OpenAIClient(url) as client:  # 4 completion tokens per call, 3 of them reasoning
+        out = await agent.solve(client, Toolbox(sandbox, Workspace(tmp_path)), MATH,
+                                agent.AgentConfig(model="scripted", max_turns=5, max_tokens=2))
+    assert (out.stop_reason, out.turns) == ("max_tokens", 2)
+
+
 async def test_results_rows_record_how_each_answer_was_read(aiohttp_server, tmp_path):
     gsm = [{"content": "She makes 9 * 2 = 18 dollars.\n" + PARROT, "reasoning_tokens": 7},
            {"content": "She makes 9 * 2 = 18 and then", "finish_reason": "length", "record_reasoning_tokens": 5}]

@@ -105,6 +105,7 @@ GSM_18 = datasets.Task("gsm8k", "0", "", "18", {"answer": "18"})  # GSM8K test r
     ("when you are sure.", "She makes 9 * 2 = 18.\nFINAL ANSWER: when you are sure.", True, None, "18"),
     ("3 * 6 = 18", None, True, None, "18"),  # a sum is not a committed number
     ("She makes $18 a day.", "She makes $18 a day.", False, None, "18"),  # a plain reply commits to nothing
+    ("2 bags of $9 make $18.", "2 bags of $9 make $18.", False, None, "18"),
     ("So 9 * 2 = 18.\n#### 18", None, False, "18", "18"),
     ("the total is \\boxed{18}, not 20", None, False, "18", "20"),
     ("The answer is 17.\nWait: 9 * 2 = 18", None, False, "17", "18"),
@@ -189,6 +190,7 @@ def add(a, b):
     assert out == ("import math\nfrom functools import reduce\nLIMIT = 10\n\ndef helper(x):\n"
                    "    return math.floor(x) + LIMIT\n\ndef add(a, b):\n    return helper(a) + b\n\n"
                    "class Node:\n    pass\n")
+    assert sanitize("def f():\n    return 1\ndef f():\n    return 2\n", "f") == "def f():\n    return 2\n"  # Python's
     assert defines(code, "add") and not defines("def add(a, b):\n    pass", "add")
     assert defines("Here it is:\ndef add(a, b):\n    return a + b\nHope this helps!", "add")  # prose around
 
