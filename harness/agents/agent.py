@@ -14,13 +14,12 @@ when its final answer holds none (``grading.code_to_grade``).
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 
 from harness.common.client import OpenAIClient
 from harness.agents.datasets import Task
-from harness.agents.tools import SPECS, Toolbox
+from harness.agents.tools import SPECS, ToolResult, Toolbox
 
 PROTOCOLS = ("text", "native")
 
@@ -120,18 +119,6 @@ def reasoning_tokens(usage: dict | None, edgemeter: dict | None) -> int | None:
     return None
 
 
-def _written(name: str, arguments: str | dict) -> str | None:
-    """The code in a native tool call: python's ``code`` or a ``.py`` file's ``content``."""
-    try:
-        args = json.loads(arguments or "{}") if isinstance(arguments, str) else dict(arguments)
-        key = {"python": "code", "write_file": "content"}.get(name)
-        if key is None or (name == "write_file" and not str(args.get("path", "")).endswith(".py")):
-            return None
-        return str(args[key])
-    except (ValueError, TypeError, KeyError):
-        return None
-
-
 async def solve(client: OpenAIClient, toolbox: Toolbox, task: Task, cfg: AgentConfig,
                 headers: dict[str, str] | None = None) -> Outcome:
     if cfg.protocol not in PROTOCOLS:
@@ -161,17 +148,13 @@ async def solve(client: OpenAIClient, toolbox: Toolbox, task: Task, cfg: AgentCo
             break
         content = without_thinking(r.content or "")
         out.reply = content
-        out.code_written += _PY_BLOCK.findall(content)
+        out.code_written += _PY_BLOCK.findall(content)  # also blocks in a final reply, never run
         if cfg.protocol == "native" and r.tool_calls:
             calls = [{**c, "id": c.get("id") or f"call_{out.turns}_{i}"} for i, c in enumerate(r.tool_calls)]
             msgs.append({"role": "assistant", "content": content or None, "tool_calls": calls})
             for c in calls:
-                name, arguments = c["function"]["name"], c["function"]["arguments"]
-                if (code := _written(name, arguments)) is not None:
-                    out.code_written.append(code)
-                    if name == "python":
-                        out.code_executed.append(code)
-                res = await toolbox.call(name, arguments)
+                res = await toolbox.call(c["function"]["name"], c["function"]["arguments"])
+                _keep_code(out, res)
                 out.tool_calls.append(res.record())
                 msgs.append({"role": "tool", "tool_call_id": c["id"], "content": res.observation})
                 if res.final_answer is not None:
@@ -188,8 +171,8 @@ async def solve(client: OpenAIClient, toolbox: Toolbox, task: Task, cfg: AgentCo
                 break
             code = python_code(content)
             if code:
-                out.code_executed.append(code)
                 res = await toolbox.python(code)
+                _keep_code(out, res)
                 out.tool_calls.append(res.record())
                 msgs.append({"role": "user", "content": f"Output:\n{res.observation}"})
                 continue
@@ -203,3 +186,10 @@ async def solve(client: OpenAIClient, toolbox: Toolbox, task: Task, cfg: AgentCo
         if replies:
             out.answer, out.answer_source = replies[-1], "last_message"
     return out
+
+
+def _keep_code(out: Outcome, res: ToolResult) -> None:
+    if res.code is not None:
+        out.code_written.append(res.code)
+        if res.name == "python":
+            out.code_executed.append(res.code)

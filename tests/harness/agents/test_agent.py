@@ -9,7 +9,7 @@ from aiohttp import web
 from harness.agents import agent, datasets, run
 from harness.common.client import OpenAIClient
 from harness.agents.datasets import Task
-from harness.agents.grading import grade
+from harness.agents.grading import grade, grading_tests_run
 from harness.agents.results import read_rows
 from harness.agents.sandbox import Sandbox
 from harness.agents.tools import Toolbox, Workspace
@@ -274,3 +274,24 @@ async def test_results_rows_record_how_each_answer_was_read(aiohttp_server, tmp_
     assert r["unparsed"] is None and r["passed_flexible"] is None
     assert "| mbpp | - / - / scripted | n/a | n/a | n/a | 0 | 1 | 1 | n/a |" in (
         tmp_path / "mbpp" / "report.md").read_text()
+
+
+async def test_code_in_the_final_reply_and_in_native_tool_calls_counts_as_written(aiohttp_server, sandbox, tmp_path):
+    _, url = await serve(aiohttp_server, [{"content": f"```python\n{'def add(a, b):'}\n    return a + b\n```\n{PARROT}"}])
+    async with OpenAIClient(url) as client:
+        out = await agent.solve(client, Toolbox(sandbox, Workspace(tmp_path)), ADD, agent.AgentConfig(model="scripted"))
+    assert out.code_written == ["def add(a, b):\n    return a + b\n"] and out.code_executed == []
+    assert grade(ADD, out.answer, sandbox, written=out.code_written).graded_source == "last_code"
+    _, url = await serve(aiohttp_server, [
+        {"tool_calls": [("write_file", {"path": "sol.py", "content": "def add(a, b):\n    return a + b\n"}),
+                        ("write_file", {"path": "notes.txt", "content": "x"}),
+                        ("python", {"code": "from sol import add\nassert add(1, 2) == 3"})]},
+        {"tool_calls": [("submit", {"answer": "done"})]}])
+    async with OpenAIClient(url) as client:
+        out = await agent.solve(client, Toolbox(sandbox, Workspace(tmp_path / "n")), ADD,
+                                agent.AgentConfig(model="scripted", protocol="native"))
+    assert out.code_written == ["def add(a, b):\n    return a + b\n", "from sol import add\nassert add(1, 2) == 3"]
+    assert out.code_executed == out.code_written[1:]
+    g = grade(ADD, out.answer, sandbox, written=out.code_written)
+    assert g.passed and g.graded_source == "last_code"
+    assert grading_tests_run(ADD, out.code_executed) == 1
