@@ -2,6 +2,7 @@
 checking the protocols, the Edgemeter headers, session ends and the records kept."""
 import json
 import re
+from dataclasses import replace
 
 import pytest
 from aiohttp import web
@@ -229,8 +230,9 @@ async def test_only_the_answer_is_read_never_the_reasoning(aiohttp_server, sandb
     async with OpenAIClient(url) as client:
         tb = Toolbox(sandbox, Workspace(tmp_path))
         outs = [await agent.solve(client, tb, MATH, cfg) for _ in range(3)]
-    assert [o.answer for o in outs] == ["391"] * 3
-    assert [o.llm_calls[0]["reasoning_tokens"] for o in outs] == [30, 12, None]
+        outs.append(await agent.solve(client, tb, MATH, replace(cfg, stream=False)))  # the first reply again
+    assert [o.answer for o in outs] == ["391"] * 4
+    assert [o.llm_calls[0]["reasoning_tokens"] for o in outs] == [30, 12, None, 30]
     assert s.requests[0]["body"]["max_tokens"] == 3 + 900  # answer budget left + reasoning budget
     assert outs[1].messages[-1]["content"] == "FINAL ANSWER: 391"  # history keeps the answer only
 
