@@ -256,11 +256,11 @@ def _squeeze(text: str) -> str:
 def grade(task: Task, answer: str | None, sandbox: Sandbox | None, limits: Limits | None = None, *,
           written: list[str] = (), reply: str | None = None, committed: bool = True) -> Grade:
     """Grade ``answer``. ``written``: the code the agent wrote, oldest first (the fallback when the
-    answer holds no code); ``reply``: the whole final reply (GSM8K flexible extraction);
+    answer holds no code); ``reply``: the whole final reply (GSM8K's flexible reading covers it and the answer);
     ``committed``: the answer was given as the answer (FINAL ANSWER, submit), not read off a reply."""
     if task.dataset == "gsm8k":
         strict = strict_number(answer, committed=committed)
-        flexible = flexible_number(reply if reply is not None else answer)
+        flexible = flexible_number("\n".join(t for t in (reply, answer) if t))  # a submit's answer is not in the reply
         ref = task.data["answer"]
         return Grade(numbers_equal(strict, ref), strict, None if strict else "unparsed",
                      "final_answer" if committed else "last_message", numbers_equal(flexible, ref), flexible)

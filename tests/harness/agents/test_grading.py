@@ -100,6 +100,7 @@ GSM_18 = datasets.Task("gsm8k", "0", "", "18", {"answer": "18"})  # GSM8K test r
 @pytest.mark.parametrize("answer,reply,committed,strict,flexible", [
     ("18", "9 * 2 = 18\nFINAL ANSWER: 18", True, "18", "18"),
     ("$18.", None, True, "18", "18"),
+    ("18", "", True, "18", "18"),  # a submitted answer after a reply with no text
     ("18 dollars", None, True, "18", "18"),
     # the parroted instruction: nothing committed, but the reply's last number is right
     ("when you are sure.", "She makes 9 * 2 = 18.\nFINAL ANSWER: when you are sure.", True, None, "18"),
