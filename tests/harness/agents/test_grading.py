@@ -162,7 +162,9 @@ def test_a_final_answer_without_code_grades_the_last_definition_written(sandbox)
     g = grade(ADD, "when you are sure.", sandbox, written=[ADD_CODE, wrong])
     assert not g.passed and g.graded_source == "last_code"  # the last definition, not the best
     g = grade(ADD, f"```python\n{wrong}```", sandbox, written=[ADD_CODE])
-    assert not g.passed and g.graded_source == "final_answer"  # code in the final answer is the answer
+    assert not g.passed and g.graded_source == "final_answer"  # a definition in the final answer is the answer
+    g = grade(ADD, "```python\nprint(add(1, 2))\n```", sandbox, written=[ADD_CODE])
+    assert g.passed and g.graded_source == "last_code"  # a final answer that only calls it
     assert grade(ADD, "no idea", sandbox).graded_source == "final_answer"
     assert grade(ADD, None, sandbox).graded_source == "none"
 
