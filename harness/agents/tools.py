@@ -48,6 +48,7 @@ class ToolResult:
     final_answer: str | None = None
     status: str | None = None
     cpu_s: float = 0.0  # CPU the tool burned on the device (file tools: too little to count)
+    code: str | None = None  # Python the call ran or wrote to a .py file: the agent's work, for grading
 
     def record(self) -> dict:
         return {"name": self.name, "ok": self.ok, "status": self.status, "wall_s": round(self.wall_s, 4),
@@ -109,7 +110,7 @@ class Toolbox:
         wall = time.perf_counter() - t0
         # code killed before it could report (timeout, crash) is charged its wall time: it was spinning
         return ToolResult("python", clip(text.strip() or "(no output)", self.max_observation), r.ok, wall,
-                          status=r.status, cpu_s=wall if r.cpu_s is None else r.cpu_s)
+                          status=r.status, cpu_s=wall if r.cpu_s is None else r.cpu_s, code=code)
 
     async def call(self, name: str, arguments: str | dict) -> ToolResult:
         """Run one tool call; bad arguments become an observation the model can correct."""
@@ -123,7 +124,10 @@ class Toolbox:
             if name == "read_file":
                 obs = clip(self.workspace.read(str(args["path"])), self.max_observation)
             elif name == "write_file":
-                obs = f"wrote {self.workspace.write(str(args['path']), str(args['content']))} bytes"
+                path, content = str(args["path"]), str(args["content"])
+                obs = f"wrote {self.workspace.write(path, content)} bytes"
+                if path.endswith(".py"):
+                    return ToolResult(name, obs, True, time.perf_counter() - t0, status="ok", code=content)
             elif name == "submit":
                 answer = str(args["answer"])
                 return ToolResult(name, "submitted", True, time.perf_counter() - t0, final_answer=answer, status="ok")

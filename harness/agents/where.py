@@ -130,6 +130,8 @@ def decide(rows: list[dict], price: tuple[float, float] | None = None, presets: 
         if presets is not None and net not in presets:
             continue
         results = [mode_result(m, modes[m], price) for m in MODES if m in modes]
+        if not results:  # rows with no deployment mode (a plain endpoint, not a sweep): nothing to decide
+            continue
         pairs = {f"{a} vs {b}": paired(modes[a], modes[b]) for a, b in combinations([r["mode"] for r in results], 2)}
         objectives = [o for o, (f, _) in OBJECTIVES.items() if all(r[f] is not None for r in results)]
         decides = any(p["mcnemar_p"] < ALPHA for p in pairs.values())

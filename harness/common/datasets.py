@@ -18,6 +18,7 @@ from pathlib import Path
 from harness import data
 
 DATASETS = ("gsm8k", "mbpp", "humaneval")
+MBPP_PROMPT_TESTS = ("first", "all")
 
 
 @dataclass(frozen=True)
@@ -52,14 +53,19 @@ def _mbpp_entry_point(row: dict) -> str:
     return m.group(1) if m else ""
 
 
-def _mbpp(path: Path) -> list[Task]:
+def _mbpp(path: Path, prompt_tests: str = "first") -> list[Task]:
+    """``prompt_tests``: ``first`` shows one of the asserts graded on (bigcode-evaluation-harness's
+    MBPP prompt, after InCoder), ``all`` shows all three (the MBPP paper's prompt)."""
+    if prompt_tests not in MBPP_PROMPT_TESTS:
+        raise ValueError(f"prompt_tests must be one of {MBPP_PROMPT_TESTS}")
     tasks = []
     for row in _jsonl(path):
         if not 11 <= row["task_id"] <= 510:
             continue
         name = _mbpp_entry_point(row)
-        prompt = (f"{row['text']}\nWrite a Python function named `{name}`. Your code should pass these tests:\n"
-                  + "\n".join(row["test_list"]))
+        shown = row["test_list"][:1] if prompt_tests == "first" else row["test_list"]
+        prompt = (f"{row['text']}\nWrite a Python function named `{name}`. Your code should pass "
+                  + ("this test:\n" if len(shown) == 1 else "these tests:\n") + "\n".join(shown))
         tasks.append(Task("mbpp", str(row["task_id"]), prompt, row["code"],
                           {"test_list": row["test_list"], "test_setup_code": row["test_setup_code"],
                            "entry_point": name}))
@@ -79,17 +85,20 @@ def _humaneval(path: Path) -> list[Task]:
 _LOADERS = {"gsm8k": _gsm8k, "mbpp": _mbpp, "humaneval": _humaneval}
 
 
-def load_with_source(dataset: str, data_dir: str | os.PathLike | None = None) -> tuple[list[Task], data.Source]:
+def load_with_source(dataset: str, data_dir: str | os.PathLike | None = None, *,
+                     mbpp_prompt_tests: str = "first") -> tuple[list[Task], data.Source]:
     """The tasks and the verified file they were read from (``data.DataError`` says how to get a
-    missing one)."""
+    missing one); MBPP prompts show its first test, or all with ``mbpp_prompt_tests="all"``."""
     if dataset not in _LOADERS:
         raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
     source = data.resolve(dataset, data_dir)
+    if dataset == "mbpp":
+        return _mbpp(source.path, mbpp_prompt_tests), source
     return _LOADERS[dataset](source.path), source
 
 
-def load(dataset: str, data_dir: str | os.PathLike | None = None) -> list[Task]:
-    return load_with_source(dataset, data_dir)[0]
+def load(dataset: str, data_dir: str | os.PathLike | None = None, *, mbpp_prompt_tests: str = "first") -> list[Task]:
+    return load_with_source(dataset, data_dir, mbpp_prompt_tests=mbpp_prompt_tests)[0]
 
 
 def select(tasks: list[Task], *, limit: int | None = None, ids: list[str] | None = None,

