@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
+from backends import reasoning, tools
 from backends.base import (Backend, BackendError, Event, Finish, GenRequest, Scheduled, TextDelta, Usage, check_settings,
                    drain)
-from backends.text import StopFilter
+from backends.text import StopFilter, parsed
 
 
 def _use_system_blas() -> str | None:
@@ -51,7 +52,7 @@ from mlx_lm import load  # noqa: E402
 from mlx_lm.generate import BatchGenerator  # noqa: E402
 from mlx_lm.sample_utils import apply_top_p, make_logits_processors, make_sampler  # noqa: E402
 
-SETTINGS = {"path", "max_batch", "n_ctx", "warmup", "temperature", "top_p", "max_tokens"}
+SETTINGS = {"path", "max_batch", "n_ctx", "warmup", "temperature", "top_p", "max_tokens", "reasoning_parser"}
 
 
 def seeded_sampler(temp: float, top_p: float, seed: int) -> Callable:
@@ -136,6 +137,8 @@ class MLXBackend(Backend):
         self.temperature = float(settings.get("temperature", 1.0))  # OpenAI's defaults
         self.top_p = float(settings.get("top_p", 1.0))
         self.warmup = bool(settings.get("warmup", True))
+        self.reasoning_parser = reasoning.check_setting(settings.get("reasoning_parser"))
+        self.template_tools = False  # the chat template renders `tools` itself (else a generic tools prompt)
         self.waiting = 0
         self.active = 0  # requests in the batch now
         self.model = self.tokenizer = None
@@ -195,8 +198,17 @@ class MLXBackend(Backend):
                 pass
         self._inbox.put(_Job(req, emit=lambda ev: to_loop(events.put_nowait, ev),
                              release=lambda: to_loop(self._slots.release), cancel=cancel))
-        async for ev in drain(events, cancel):
-            yield ev
+        plan = tools.ToolPlan.from_body(req.body) if req.kind == "chat" else None
+        thinking = None
+        if self.reasoning_parser and req.kind == "chat":
+            thinking = reasoning.ReasoningParser(self.reasoning_parser, req.body.get("chat_template_kwargs"))
+        # No grammar on MLX yet: a forced call is asked for in the prompt and parsed like any other.
+        out = parsed(drain(events, cancel), thinking, plan and tools.ToolCallParser(plan, constrained=False))
+        try:
+            async for ev in out:
+                yield ev
+        finally:
+            await out.aclose()
 
     # --- worker thread: owns every MLX call ---
     def _serve(self, loaded: Future) -> None:
@@ -205,6 +217,10 @@ class MLXBackend(Backend):
             self.n_ctx = self.n_ctx or int(config.get("max_position_embeddings") or config.get(
                 "text_config", {}).get("max_position_embeddings") or 4096)
             self.eos = set(self.tokenizer.eos_token_ids)
+            if self.tokenizer.chat_template is not None:
+                self.template_tools = tools.template_renders_tools(
+                    lambda messages, offered: self.tokenizer.apply_chat_template(
+                        messages, tools=offered, add_generation_prompt=True, tokenize=False))
             if self.warmup:
                 self._warmup()
         except BaseException as e:
@@ -311,14 +327,17 @@ class MLXBackend(Backend):
     def _prompt_tokens(self, req: GenRequest) -> list[int]:
         if req.kind == "completion":
             return self.tokenizer.encode(req.body["prompt"])
-        if req.body.get("tools"):
-            raise BackendError("tools are not supported by the mlx backend; use a text tool protocol",
-                               status=400, cause="unsupported", type="invalid_request_error", param="tools",
-                               code="unsupported_parameter")
         if self.tokenizer.chat_template is None:
             raise BackendError(f"model {self.name} has no chat template; use /v1/completions", status=400,
                                cause="unsupported", type="invalid_request_error", param="messages")
-        return list(self.tokenizer.apply_chat_template(req.body["messages"], add_generation_prompt=True))
+        messages = req.body["messages"]
+        extra = dict(req.body.get("chat_template_kwargs") or {})  # e.g. enable_thinking, for the template
+        plan = tools.ToolPlan.from_body(req.body)
+        if plan is not None and self.template_tools:
+            messages, extra["tools"] = plan.template_messages(messages), plan.tools
+        elif plan is not None:
+            messages = plan.generic_messages(messages)
+        return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, **extra))
 
     def _on_token(self, job: _Job, token: int, reason: str | None, t: float) -> bool:
         """Account one generated token; True when the request is finished."""
