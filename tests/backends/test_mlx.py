@@ -242,3 +242,19 @@ async def test_proxy_stream_equals_non_stream(proxy_client, mlx_path):
     assert chunks[-1]["usage"] == full["usage"] and full["usage"]["completion_tokens"] == 7
     rec = chunks[-1]["edgemeter"]
     assert rec["backend"] == "mlx" and rec["compute_j"] > 0 and rec["compute_energy_method"]
+
+
+async def test_tools_and_reasoning_settings(start):
+    """SmolLM2's template has no tools section: the generic tools prompt carries them; the answer
+    goes through the same parsers as on llama.cpp (MLX decodes forced calls without a grammar)."""
+    b = await start(reasoning_parser="qwen3")
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}]
+    body = {"messages": MSG, "tools": tools, "temperature": 0, "max_tokens": 6}
+    prompt = b.tokenizer.decode(b._prompt_tokens(GenRequest("chat", "smollm2", body)))
+    assert not b.template_tools and '"name": "get_weather"' in prompt and "<tool_call>" in prompt
+    plain = b.tokenizer.decode(b._prompt_tokens(GenRequest("chat", "smollm2", {**body, "tool_choice": "none"})))
+    assert "get_weather" not in plain
+    evs = await collect(b, {**body, "chat_template_kwargs": {"enable_thinking": False}})
+    assert isinstance(evs[-1], Usage) and evs[-1].completion_tokens == 6 and evs[-1].reasoning_tokens == 0
+    assert all(not e.reasoning for e in evs if isinstance(e, TextDelta))
