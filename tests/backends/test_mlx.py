@@ -11,7 +11,7 @@ import pytest
 mlx_backend = pytest.importorskip("backends.mlx", reason="mlx is not installed (pip install -e '.[mlx]')")
 
 from backends import BackendError, GenRequest, create  # noqa: E402
-from backends.base import Finish, Scheduled, TextDelta, Usage  # noqa: E402
+from backends.base import Finish, Scheduled, TextDelta, ToolCallDelta, Usage  # noqa: E402
 
 MSG = [{"role": "user", "content": "What is the capital of France?"}]
 QUESTIONS = ["What is the capital of France?", "List three prime numbers.",
@@ -258,3 +258,21 @@ async def test_tools_and_reasoning_settings(start):
     evs = await collect(b, {**body, "chat_template_kwargs": {"enable_thinking": False}})
     assert isinstance(evs[-1], Usage) and evs[-1].completion_tokens == 6 and evs[-1].reasoning_tokens == 0
     assert all(not e.reasoning for e in evs if isinstance(e, TextDelta))
+
+
+async def test_forced_call_constrained_per_request_in_a_batch(start):
+    """outlines-core's schema index constrains the forced request only: the free request decoding
+    in the same batch gives the tokens it gives alone."""
+    import jsonschema
+
+    from tests.backends.test_tools import MSG as ASK, NAMED, TOOLS, WEATHER
+    b = await start(max_batch=2)
+    free = {"messages": ASK, "temperature": 0, "max_tokens": 16}
+    alone = text(await collect(b, free))
+    forced, beside = await asyncio.gather(collect(b, {**free, "tools": TOOLS, "tool_choice": NAMED, "max_tokens": 80}),
+                                          collect(b, free))
+    assert text(beside) == alone and "rankine" not in alone and "reaumur" not in alone
+    calls = [e for e in forced if isinstance(e, ToolCallDelta)]
+    assert len(calls) == 1 and calls[0].name == "get_weather" and forced[-2].reason == "tool_calls"
+    jsonschema.validate(json.loads(calls[0].arguments), WEATHER)
+    assert forced[-1].completion_tokens == calls[0].tokens > 0
