@@ -308,9 +308,7 @@ async def frames(events, chunks: Chunks, meter: RequestMeter):
     try:
         async for ev in events:
             if isinstance(ev, TextDelta):
-                meter.produced(ev.t, not ev.reasoning)
-                if ev.reasoning:
-                    meter.reasoning_tokens += ev.tokens
+                meter.produced(ev.t, not ev.reasoning, ev.tokens)
                 yield chunks.text(ev.text, ev.reasoning), ev.tokens, ev.t, not ev.reasoning
             elif isinstance(ev, ToolCallDelta):
                 meter.produced(ev.t)
@@ -406,9 +404,7 @@ async def complete(request, route: Route, meter: RequestMeter, events, kind: str
     try:
         async for ev in events:
             if isinstance(ev, TextDelta):
-                meter.produced(ev.t, not ev.reasoning)
-                if ev.reasoning:
-                    meter.reasoning_tokens += ev.tokens
+                meter.produced(ev.t, not ev.reasoning, ev.tokens)
                 (thought if ev.reasoning else text).append(ev.text)
             elif isinstance(ev, ToolCallDelta):
                 meter.produced(ev.t)

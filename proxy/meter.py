@@ -108,8 +108,11 @@ class RequestMeter:
     def scheduled(self, t: float) -> None:
         self.t_scheduled = t
 
-    def produced(self, t: float, answer: bool = True) -> None:
-        """A token left the backend (before any simulated network); ``answer``: not thinking."""
+    def produced(self, t: float, answer: bool = True, tokens: int = 0) -> None:
+        """``tokens`` tokens left the backend (before any simulated network); ``answer``: not thinking.
+        Thinking tokens are counted here, for backends whose usage does not split them out."""
+        if not answer:
+            self.reasoning_tokens += tokens
         if self.t_backend_first is None:
             self.t_backend_first = t
         if answer and self.t_backend_first_answer is None:

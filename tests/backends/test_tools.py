@@ -195,3 +195,11 @@ async def test_malformed_tools_are_a_400_naming_the_field(client, tools, choice,
     with pytest.raises(openai.BadRequestError) as e:
         await client.chat.completions.create(model="smollm2", messages=MSG, tools=tools, max_tokens=4, **kw)
     assert e.value.status_code == 400 and e.value.body["param"] == param
+
+
+async def test_malformed_earlier_call_is_a_400(client):
+    history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": [{"id": "x"}]},
+               {"role": "tool", "tool_call_id": "x", "content": "1"}]
+    with pytest.raises(openai.BadRequestError) as e:
+        await client.chat.completions.create(model="smollm2", messages=history, tools=TOOLS, max_tokens=4)
+    assert e.value.body["param"] == "messages[1].tool_calls[0]"
