@@ -19,6 +19,7 @@ built from ``forced_schema``: one JSON object ``{"name": <an offered name>, "arg
 from __future__ import annotations
 
 import json
+import re
 import uuid
 
 import jsonschema
@@ -27,6 +28,10 @@ from backends.base import BackendError, TextDelta, ToolCallDelta
 from backends.text import partial_suffix
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
+# How a call decoded under forced_schema begins: its name, up to where its arguments start.
+FORCED_HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*"([A-Za-z0-9_-]+)"\s*,\s*"arguments"\s*:\s*')
+# What may still close the call object after its arguments: a brace and whitespace.
+FORCED_TAIL = re.compile(r"\s*\}?\s*$")
 
 
 class ToolSpecError(ValueError):
@@ -43,6 +48,7 @@ def check(body: dict) -> None:
     ``parameters`` that is a valid JSON Schema, and a ``tool_choice`` that names an offered tool.
     jsonschema's meta-schema check catches what a hand-written one would miss (a ``type`` that is
     no JSON type, ``required`` that is not a list of strings, a bad ``$ref``...)."""
+    _check_history(body.get("messages") or [])
     tools = body.get("tools")
     if tools is None:
         if body.get("tool_choice") not in (None, "none"):
@@ -75,6 +81,9 @@ def check(body: dict) -> None:
             at = "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in e.path)
             raise ToolSpecError(f"'{where}.function.parameters{at}' is not a valid JSON Schema: {e.message}",
                                 f"{where}.function.parameters") from None
+        except Exception as e:  # e.g. a "$schema" that is no URI string
+            raise ToolSpecError(f"'{where}.function.parameters' is not a valid JSON Schema: {e}",
+                                f"{where}.function.parameters") from None
     choice = body.get("tool_choice")
     if choice is None or choice in ("none", "auto", "required"):
         return
@@ -84,6 +93,23 @@ def check(body: dict) -> None:
                             "{\"type\": \"function\", \"function\": {\"name\": ...}}", "tool_choice")
     if fn["name"] not in names:
         raise ToolSpecError(f"'tool_choice' names {fn['name']!r}, which is not in 'tools'", "tool_choice")
+
+
+def _check_history(messages: list) -> None:
+    """Earlier calls in the conversation are rendered into the prompt: they must have OpenAI's shape."""
+    for i, m in enumerate(messages):
+        calls = m.get("tool_calls") if isinstance(m, dict) else None
+        if calls is None:
+            continue
+        where = f"messages[{i}].tool_calls"
+        if not isinstance(calls, list):
+            raise ToolSpecError(f"'{where}' must be an array", where, "invalid_type")
+        for j, c in enumerate(calls):
+            fn = c.get("function") if isinstance(c, dict) else None
+            if not (isinstance(fn, dict) and isinstance(fn.get("name"), str)
+                    and isinstance(fn.get("arguments", ""), str)):
+                raise ToolSpecError(f"'{where}[{j}]' must be an object with a 'function' holding a string 'name' "
+                                    "and string 'arguments'", f"{where}[{j}]", "invalid_type")
 
 
 class ToolPlan:
@@ -192,8 +218,10 @@ class ToolCallParser:
     """Streams the answer's text, turning tool calls into ``ToolCallDelta`` events.
 
     Text outside calls passes through as it comes, except a tail that may start ``<tool_call>``.
-    A call is sent as one delta once complete (id, name and the whole arguments). Token counts
-    ride along with whatever is emitted next, so they add up to what the engine generated.
+    A parsed call is sent as one delta once complete (id, name and the whole arguments). A call
+    decoded under ``forced_schema`` has a known shape, so it streams: id and name as soon as they
+    are generated, then the arguments' text as it comes. Token counts ride along with whatever is
+    emitted next, so they add up to what the engine generated.
     """
 
     def __init__(self, plan: ToolPlan, constrained: bool):
@@ -201,6 +229,7 @@ class ToolCallParser:
         # Decoded under forced_schema, the whole output is the call; else an answer that opens
         # with "{" may be Llama 3 JSON calls, and any other may hold Hermes calls.
         self.state = "json" if constrained else "start"
+        self.constrained = constrained
         self.pending = ""
         self.tokens = 0
         self.calls = 0
@@ -215,6 +244,20 @@ class ToolCallParser:
                 if not head:
                     return out
                 self.state = "json" if head.startswith("{") else "text"
+            if self.state == "json" and self.constrained:
+                head = FORCED_HEAD.match(self.pending)
+                if head is None or head.group(1) not in self.plan.functions:
+                    return out
+                out.append(ToolCallDelta(0, _call_id(), head.group(1), "", t=ev.t, tokens=self.tokens))
+                self.tokens, self.calls, self.state = 0, 1, "arguments"
+                self.pending = self.pending[head.end():]
+            if self.state == "arguments":  # all but what may be the call object's closing brace
+                keep = len(FORCED_TAIL.search(self.pending).group())
+                if len(self.pending) > keep:
+                    out.append(ToolCallDelta(0, arguments=self.pending[:len(self.pending) - keep], t=ev.t,
+                                             tokens=self.tokens))
+                    self.tokens, self.pending = 0, self.pending[len(self.pending) - keep:]
+                return out
             if self.state == "json":  # only the end tells whether it parses
                 return out
             if self.state == "text":
@@ -239,7 +282,9 @@ class ToolCallParser:
         """The output ended: what is still held. An unclosed call counts if its JSON is whole."""
         out: list = []
         rest, self.pending = self.pending, ""
-        if self.state == "call":
+        if self.state == "arguments":
+            pass  # what is held back is the call object's closing brace and whitespace
+        elif self.state == "call":
             self._call_or_text(out, rest, OPEN + rest, t)
         elif self.state == "json":
             calls = _json_calls(rest)
@@ -263,7 +308,7 @@ class ToolCallParser:
             self._text(out, raw, t)
 
     def _emit_call(self, out: list, call: dict, t: float) -> None:
-        out.append(ToolCallDelta(self.calls, "call_" + uuid.uuid4().hex[:24], call["name"],
+        out.append(ToolCallDelta(self.calls, _call_id(), call["name"],
                                  json.dumps(call["arguments"], ensure_ascii=False), t=t, tokens=self.tokens))
         self.tokens = 0
         self.calls += 1
@@ -272,6 +317,10 @@ class ToolCallParser:
         if text:
             out.append(TextDelta(text, self.tokens, t))
             self.tokens = 0
+
+
+def _call_id() -> str:
+    return "call_" + uuid.uuid4().hex[:24]
 
 
 def _json_calls(text: str) -> list[dict] | None:

@@ -203,3 +203,22 @@ async def test_malformed_earlier_call_is_a_400(client):
     with pytest.raises(openai.BadRequestError) as e:
         await client.chat.completions.create(model="smollm2", messages=history, tools=TOOLS, max_tokens=4)
     assert e.value.body["param"] == "messages[1].tool_calls[0]"
+    # a parameters object jsonschema cannot even read
+    with pytest.raises(openai.BadRequestError) as e:
+        await client.chat.completions.create(model="smollm2", messages=MSG, max_tokens=4, tools=[
+            {"type": "function", "function": {"name": "f", "parameters": {"$schema": ["no", "uri"]}}}])
+    assert e.value.body["param"] == "tools[0].function.parameters"
+
+
+async def test_constrained_call_streams_its_arguments():
+    """Under the grammar the call's shape is known: name first, then argument text as generated,
+    without the call object's closing brace."""
+    pieces = ['{"name": "get', '_weather", "arguments": ', '{"city": "Pa', 'ris", "unit": ',
+              '"rankine"}', ' }', "\n"]
+    evs = await run_parser(pieces, ToolPlan(TOOLS, NAMED), constrained=True)
+    calls = [e for e in evs if isinstance(e, ToolCallDelta)]
+    assert calls[0].name == "get_weather" and calls[0].id.startswith("call_") and calls[0].t == 1.0
+    assert [c.arguments for c in calls] == ["", '{"city": "Pa', 'ris", "unit":', ' "rankine"', "}"]
+    assert all(c.id is None and c.name is None for c in calls[1:])
+    assert json.loads("".join(c.arguments for c in calls)) == {"city": "Paris", "unit": "rankine"}
+    assert sum(c.tokens for c in calls) == 6 and split(evs)[2] == "tool_calls"
