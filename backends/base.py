@@ -60,20 +60,24 @@ class Scheduled:
 @dataclass(slots=True)
 class TextDelta:
     """Generated text. ``tokens`` is how many tokens it holds (exact for in-process
-    engines; 1 per chunk for an upstream that does not say)."""
+    engines; 1 per chunk for an upstream that does not say). ``reasoning``: the model's
+    thinking (OpenAI's ``reasoning_content``), not its answer."""
     text: str
     tokens: int = 1
     t: float = field(default_factory=time.perf_counter)
+    reasoning: bool = False
 
 
 @dataclass(slots=True)
 class ToolCallDelta:
-    """A fragment of a tool call, in OpenAI's delta shape (first fragment carries id and name)."""
+    """A fragment of a tool call, in OpenAI's delta shape (first fragment carries id and name).
+    ``tokens``: generated tokens it holds, when the engine knows (in-process engines)."""
     index: int
     id: str | None = None
     name: str | None = None
     arguments: str = ""
     t: float = field(default_factory=time.perf_counter)
+    tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -90,6 +94,8 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     cpu_s: float | None = None
+    #: of completion_tokens, those spent thinking; None when the backend does not say
+    reasoning_tokens: int | None = None
     #: where the counts come from: backend | tokenizer | chunks (one token per chunk) | estimate
     source: str = "backend"
     t: float = field(default_factory=time.perf_counter)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import json
 import os
 import random
 import threading
@@ -17,12 +18,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator
 
+from backends import reasoning, tools
 from backends.base import (Backend, BackendError, Event, Finish, GenRequest, Scheduled, TextDelta, Usage, check_settings,
                    drain)
 from backends.sources import resolve_model
-from backends.text import StopFilter
+from backends.text import StopFilter, parsed
 
-SETTINGS = {"source", "n_ctx", "slots", "chat_format", "n_threads", "n_batch", "warmup", "prompt_cache"}
+SETTINGS = {"source", "n_ctx", "slots", "chat_format", "n_threads", "n_batch", "warmup", "prompt_cache",
+            "reasoning_parser"}
 
 
 def _load(path: str, **kw):
@@ -110,6 +113,8 @@ class LlamaBackend(Backend):
         # Off by default so identical requests give identical tokens; on, agent turns that
         # extend the previous prompt skip re-evaluating it (llama.cpp server's cache_prompt).
         self.prompt_cache = bool(settings.get("prompt_cache", False))
+        self.reasoning_parser = reasoning.check_setting(settings.get("reasoning_parser"))
+        self.template_tools = False  # the chat template renders `tools` itself (else a generic tools prompt)
         self.slots: asyncio.Queue | None = None
         self.waiting = 0
         self.active = 0  # generations running now (worker threads)
@@ -124,6 +129,8 @@ class LlamaBackend(Backend):
             self.llms.append(await asyncio.to_thread(_load, path, n_ctx=self.n_ctx, n_batch=self.n_batch,
                                                      n_threads=self.n_threads, n_threads_batch=self.n_threads))
         self.formatter = chat_formatter(self.llms[0], self.chat_format)
+        self.template_tools = tools.template_renders_tools(
+            lambda messages, offered: self.formatter(messages=messages, tools=offered).prompt)
         self.executor = ThreadPoolExecutor(self.n_slots, thread_name_prefix=f"llama-{self.name}")
         self.slots = asyncio.Queue()
         for llm in self.llms:
@@ -144,22 +151,35 @@ class LlamaBackend(Backend):
         return len(self.llms[0].tokenize(text.encode(), add_bos=False)) if text and self.llms else 0
 
     # --- generation ---
-    def _prompt_tokens(self, llm, req: GenRequest) -> tuple[list[int], list[str]]:
+    def _prompt_tokens(self, llm, req: GenRequest, plan: tools.ToolPlan | None = None) -> tuple[list[int], list[str]]:
         if req.kind == "completion":
             return llm.tokenize(req.body["prompt"].encode(), add_bos=True, special=False), []
-        if req.body.get("tools"):
-            raise BackendError("tools are not supported by the llama.cpp backend; use a text tool protocol",
-                               status=400, cause="unsupported", type="invalid_request_error", param="tools",
-                               code="unsupported_parameter")
         messages = _text_messages(req.body["messages"])
+        extra = dict(req.body.get("chat_template_kwargs") or {})  # e.g. enable_thinking, for the template
+        if plan is not None and self.template_tools:
+            messages, extra["tools"] = plan.template_messages(messages), plan.tools
+        elif plan is not None:
+            messages = plan.generic_messages(messages)
         try:
-            rendered = self.formatter(messages=messages)
+            rendered = self.formatter(messages=messages, **extra)
         except Exception as e:  # a template may refuse a conversation (e.g. roles that do not alternate)
             raise BackendError(f"the model's chat template cannot render these messages: {e}", status=400,
                                cause="invalid_messages", type="invalid_request_error", param="messages",
                                code="invalid_messages") from None
         stops = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
         return llm.tokenize(rendered.prompt.encode(), add_bos=not rendered.added_special, special=True), stops
+
+    @staticmethod
+    def _grammar(plan: tools.ToolPlan | None):
+        """A forced call's grammar, built for this request only (each generate() gets its own sampler)."""
+        schema = plan and plan.forced_schema()
+        if schema is None:
+            return None
+        from llama_cpp import LlamaGrammar
+        try:
+            return LlamaGrammar.from_json_schema(json.dumps(schema))
+        except Exception as e:  # a schema feature llama.cpp's converter does not support
+            raise tools.schema_error(e) from None
 
     async def generate(self, req: GenRequest) -> AsyncIterator[Event]:
         loop = asyncio.get_running_loop()
@@ -171,19 +191,30 @@ class LlamaBackend(Backend):
         yield Scheduled()
         events: asyncio.Queue = asyncio.Queue()
         cancel = threading.Event()
+        plan = tools.ToolPlan.from_body(req.body) if req.kind == "chat" else None
         try:
-            tokens, template_stops = self._prompt_tokens(llm, req)
+            tokens, template_stops = self._prompt_tokens(llm, req, plan)
+            grammar = self._grammar(plan)
         except BaseException:
             self.slots.put_nowait(llm)
             raise
         emit = lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev)  # noqa: E731
-        future = loop.run_in_executor(self.executor, self._run, llm, tokens, req, template_stops, emit, cancel)
+        future = loop.run_in_executor(self.executor, self._run, llm, tokens, req, template_stops, grammar, emit,
+                                      cancel)
         # The slot returns only when the worker has really stopped, even if the client left.
         future.add_done_callback(lambda _: loop.call_soon_threadsafe(self.slots.put_nowait, llm))
-        async for ev in drain(events, cancel):
-            yield ev
+        thinking = None
+        if self.reasoning_parser and req.kind == "chat":
+            thinking = reasoning.ReasoningParser(self.reasoning_parser, req.body.get("chat_template_kwargs"))
+        out = parsed(drain(events, cancel), thinking, plan and tools.ToolCallParser(plan, grammar is not None))
+        try:
+            async for ev in out:
+                yield ev
+        finally:
+            await out.aclose()
 
-    def _run(self, llm, prompt: list[int], req: GenRequest, template_stops: list[str], emit, cancel) -> None:
+    def _run(self, llm, prompt: list[int], req: GenRequest, template_stops: list[str], grammar, emit,
+             cancel) -> None:
         """Worker thread: the token loop. Emits TextDelta per token, then Finish and Usage."""
         import llama_cpp
         # ggml computes on its own thread pool, so the worker thread's CPU time misses most of
@@ -212,7 +243,8 @@ class LlamaBackend(Backend):
             for tok in llm.generate(prompt, temp=float(body.get("temperature", 1.0)),
                                     top_p=float(body.get("top_p", 1.0)), top_k=0, min_p=0.0,
                                     presence_penalty=float(body.get("presence_penalty", 0.0)),
-                                    frequency_penalty=float(body.get("frequency_penalty", 0.0)), reset=True):
+                                    frequency_penalty=float(body.get("frequency_penalty", 0.0)), reset=True,
+                                    grammar=grammar):
                 if cancel.is_set():
                     reason = "cancelled"
                     break

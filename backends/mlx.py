@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import json
 import os
 import queue
 import sys
@@ -25,9 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
+from backends import reasoning, tools
 from backends.base import (Backend, BackendError, Event, Finish, GenRequest, Scheduled, TextDelta, Usage, check_settings,
                    drain)
-from backends.text import StopFilter
+from backends.text import StopFilter, parsed
 
 
 def _use_system_blas() -> str | None:
@@ -47,11 +49,13 @@ def _use_system_blas() -> str | None:
 BLAS = _use_system_blas()
 
 import mlx.core as mx  # noqa: E402  (after the BLAS choice above)
+import numpy as np  # noqa: E402
 from mlx_lm import load  # noqa: E402
 from mlx_lm.generate import BatchGenerator  # noqa: E402
 from mlx_lm.sample_utils import apply_top_p, make_logits_processors, make_sampler  # noqa: E402
+from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer, _byte_decoder  # noqa: E402
 
-SETTINGS = {"path", "max_batch", "n_ctx", "warmup", "temperature", "top_p", "max_tokens"}
+SETTINGS = {"path", "max_batch", "n_ctx", "warmup", "temperature", "top_p", "max_tokens", "reasoning_parser"}
 
 
 def seeded_sampler(temp: float, top_p: float, seed: int) -> Callable:
@@ -66,6 +70,55 @@ def seeded_sampler(temp: float, top_p: float, seed: int) -> Callable:
             logprobs = apply_top_p(logprobs, top_p)
         return mx.random.categorical(logprobs * (1 / temp), key=draw)
     return sample
+
+
+class SchemaConstraint:
+    """An mlx-lm logits processor that lets through only tokens keeping the output a prefix of
+    JSON matching a schema: outlines-core compiles the schema to a regex and indexes it over the
+    vocabulary; the guide, this request's own, walks that index one generated token at a time."""
+
+    def __init__(self, index, eos: set[int]):
+        from outlines_core import Guide
+        self.guide = Guide(index)
+        self.eos = eos
+        self.started = self.done = False
+
+    def __call__(self, tokens, logits):
+        if self.done:  # the batch decodes one step ahead: a step may follow the end-of-generation token
+            return logits
+        if self.started:  # the context ends with the token sampled last step
+            last = int(tokens.reshape(-1)[-1].item())
+            if last in self.eos:
+                self.done = True
+                return logits
+            self.guide.advance(last)
+        self.started = True
+        bias = np.full(logits.shape[-1], -np.inf, dtype=np.float32)
+        bias[self.guide.get_tokens()] = 0.0
+        return logits + mx.array(bias)
+
+
+def outlines_vocabulary(tokenizer, eos: int):
+    """The vocabulary as outlines-core indexes it: each ordinary token's bytes. Byte-level BPE
+    pieces map back through GPT-2's byte alphabet; SentencePiece ones are text with "▁" for
+    space and <0xXX> for raw bytes."""
+    from outlines_core import Vocabulary
+    hf = tokenizer._tokenizer
+    special = set(hf.all_special_ids)
+    bpe = isinstance(tokenizer.detokenizer, BPEStreamingDetokenizer)
+    chars = _byte_decoder()
+    pieces: dict[bytes, list[int]] = {}
+    for tid, piece in enumerate(hf.convert_ids_to_tokens(list(range(len(hf))))):
+        if tid in special or piece is None:
+            continue
+        if bpe:
+            raw = bytes(chars[c] for c in piece) if all(c in chars for c in piece) else piece.encode()
+        elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            raw = bytes([int(piece[3:5], 16)])
+        else:
+            raw = piece.replace("▁", " ").encode()
+        pieces.setdefault(raw, []).append(tid)
+    return Vocabulary(eos, pieces)
 
 
 class TextStream:
@@ -136,10 +189,13 @@ class MLXBackend(Backend):
         self.temperature = float(settings.get("temperature", 1.0))  # OpenAI's defaults
         self.top_p = float(settings.get("top_p", 1.0))
         self.warmup = bool(settings.get("warmup", True))
+        self.reasoning_parser = reasoning.check_setting(settings.get("reasoning_parser"))
+        self.template_tools = False  # the chat template renders `tools` itself (else a generic tools prompt)
         self.waiting = 0
         self.active = 0  # requests in the batch now
         self.model = self.tokenizer = None
         self.eos: set[int] = set()
+        self.vocabulary = None  # outlines-core's view of the tokenizer, built on the first forced call
         self.n_ctx = settings.get("n_ctx")  # default: the model's max_position_embeddings
         self._slots: asyncio.Semaphore | None = None
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -195,8 +251,16 @@ class MLXBackend(Backend):
                 pass
         self._inbox.put(_Job(req, emit=lambda ev: to_loop(events.put_nowait, ev),
                              release=lambda: to_loop(self._slots.release), cancel=cancel))
-        async for ev in drain(events, cancel):
-            yield ev
+        plan = tools.ToolPlan.from_body(req.body) if req.kind == "chat" else None
+        thinking = None
+        if self.reasoning_parser and req.kind == "chat":
+            thinking = reasoning.ReasoningParser(self.reasoning_parser, req.body.get("chat_template_kwargs"))
+        out = parsed(drain(events, cancel), thinking, plan and tools.ToolCallParser(plan, plan.forced))
+        try:
+            async for ev in out:
+                yield ev
+        finally:
+            await out.aclose()
 
     # --- worker thread: owns every MLX call ---
     def _serve(self, loaded: Future) -> None:
@@ -205,6 +269,10 @@ class MLXBackend(Backend):
             self.n_ctx = self.n_ctx or int(config.get("max_position_embeddings") or config.get(
                 "text_config", {}).get("max_position_embeddings") or 4096)
             self.eos = set(self.tokenizer.eos_token_ids)
+            if self.tokenizer.chat_template is not None:
+                self.template_tools = tools.template_renders_tools(
+                    lambda messages, offered: self.tokenizer.apply_chat_template(
+                        messages, tools=offered, add_generation_prompt=True, tokenize=False))
             if self.warmup:
                 self._warmup()
         except BaseException as e:
@@ -305,20 +373,37 @@ class MLXBackend(Backend):
             sampler = make_sampler(temp, top_p)
         processors = make_logits_processors(presence_penalty=body.get("presence_penalty"),
                                             frequency_penalty=body.get("frequency_penalty"))
+        plan = tools.ToolPlan.from_body(body) if req.kind == "chat" else None
+        schema = plan and plan.forced_schema()
+        if schema is not None:  # a forced call: decoded under its schema, by this request's processor only
+            processors = [*processors, self._constraint(schema)]
         job.stops, job.text = StopFilter(req.stop), TextStream(self.tokenizer)
         return gen.insert([job.prompt], [max_tokens], samplers=[sampler], logits_processors=[processors])[0]
+
+    def _constraint(self, schema: dict) -> SchemaConstraint:
+        from outlines_core import Index
+        from outlines_core.json_schema import build_regex_from_schema
+        if self.vocabulary is None:
+            self.vocabulary = outlines_vocabulary(self.tokenizer, min(self.eos))
+        try:
+            return SchemaConstraint(Index(build_regex_from_schema(json.dumps(schema)), self.vocabulary), self.eos)
+        except Exception as e:  # a schema feature outlines-core does not support
+            raise tools.schema_error(e) from None
 
     def _prompt_tokens(self, req: GenRequest) -> list[int]:
         if req.kind == "completion":
             return self.tokenizer.encode(req.body["prompt"])
-        if req.body.get("tools"):
-            raise BackendError("tools are not supported by the mlx backend; use a text tool protocol",
-                               status=400, cause="unsupported", type="invalid_request_error", param="tools",
-                               code="unsupported_parameter")
         if self.tokenizer.chat_template is None:
             raise BackendError(f"model {self.name} has no chat template; use /v1/completions", status=400,
                                cause="unsupported", type="invalid_request_error", param="messages")
-        return list(self.tokenizer.apply_chat_template(req.body["messages"], add_generation_prompt=True))
+        messages = req.body["messages"]
+        extra = dict(req.body.get("chat_template_kwargs") or {})  # e.g. enable_thinking, for the template
+        plan = tools.ToolPlan.from_body(req.body)
+        if plan is not None and self.template_tools:
+            messages, extra["tools"] = plan.template_messages(messages), plan.tools
+        elif plan is not None:
+            messages = plan.generic_messages(messages)
+        return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, **extra))
 
     def _on_token(self, job: _Job, token: int, reason: str | None, t: float) -> bool:
         """Account one generated token; True when the request is finished."""

@@ -100,6 +100,7 @@ class UpstreamBackend(Backend):
     async def _events(self, resp: aiohttp.ClientResponse, req: GenRequest) -> AsyncIterator[Event]:
         usage_seen = finished = done = False
         pieces: list[str] = []
+        thought: list[str] = []
         chunks = 0
         rest = b""
         while not done:
@@ -141,7 +142,7 @@ class UpstreamBackend(Backend):
                     else:
                         chunks += 1
                         if isinstance(ev, TextDelta):
-                            pieces.append(ev.text)
+                            (thought if ev.reasoning else pieces).append(ev.text)
                     yield ev
             if not block:
                 break
@@ -151,14 +152,15 @@ class UpstreamBackend(Backend):
         if not finished:
             yield Finish("stop")
         if not usage_seen:
-            yield self._count_usage(req, "".join(pieces), chunks)
+            yield self._count_usage(req, "".join(pieces), "".join(thought), chunks)
 
-    def _count_usage(self, req: GenRequest, completion: str, chunks: int) -> Usage:
+    def _count_usage(self, req: GenRequest, completion: str, thought: str, chunks: int) -> Usage:
         if self.tokenizer:
             prompt = (self.tokenizer.render_chat(req.body["messages"]) if req.kind == "chat"
                       else req.body["prompt"])
-            return Usage(self.tokenizer.count(prompt, special=True), self.tokenizer.count(completion),
-                         source="tokenizer")
+            reasoning = self.tokenizer.count(thought)
+            return Usage(self.tokenizer.count(prompt, special=True), self.tokenizer.count(completion) + reasoning,
+                         reasoning_tokens=reasoning, source="tokenizer")
         # No tokenizer: the prompt is estimated at ~4 characters a token (OpenAI's rule of thumb).
         return Usage(math.ceil(len(_prompt_text(req)) / 4), chunks, source="chunks")
 
@@ -171,6 +173,12 @@ def _parse_event(obj: dict, chat: bool) -> list[Event]:
         if chat:
             delta = choice.get("delta") or choice.get("message") or {}
             text = delta.get("content")
+            # vLLM and SGLang send thinking as reasoning_content (vLLM's newer name: reasoning)
+            thought = delta.get("reasoning_content", delta.get("reasoning"))
+            if thought is not None and not isinstance(thought, str):
+                raise TypeError("reasoning_content")
+            if thought:
+                out.append(TextDelta(thought, reasoning=True))
             for tc in delta.get("tool_calls") or ():
                 fn = tc.get("function") or {}
                 call = ToolCallDelta(index=tc.get("index", 0), id=tc.get("id"), name=fn.get("name"),
@@ -193,9 +201,10 @@ def _parse_event(obj: dict, chat: bool) -> list[Event]:
     usage = obj.get("usage")
     if usage:
         counts = [usage.get(k) or 0 for k in ("prompt_tokens", "completion_tokens")]
-        if not all(_is_int(n) and n >= 0 for n in counts):
+        reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens")
+        if not all(_is_int(n) and n >= 0 for n in counts) or not (reasoning is None or _is_int(reasoning)):
             raise ValueError("usage counts")
-        out.append(Usage(*counts))
+        out.append(Usage(*counts, reasoning_tokens=reasoning))
     return out
 
 

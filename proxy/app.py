@@ -230,6 +230,8 @@ def absorb(meter: RequestMeter, ev) -> None:
     if isinstance(ev, Usage):
         meter.prompt_tokens, meter.completion_tokens, meter.usage_source = ev.prompt_tokens, ev.completion_tokens, ev.source
         meter.cpu_s = ev.cpu_s
+        if ev.reasoning_tokens is not None:  # else the reasoning deltas' own counts stand
+            meter.reasoning_tokens = ev.reasoning_tokens
     elif isinstance(ev, Scheduled):
         meter.scheduled(ev.t)
     elif isinstance(ev, Finish):
@@ -263,7 +265,9 @@ class Chunks:
             choice = {"index": 0, "text": delta.get("content", ""), "logprobs": None, "finish_reason": finish}
         return self.head + orjson.dumps(choice) + b"]" + self.tail
 
-    def text(self, text: str) -> bytes:
+    def text(self, text: str, reasoning: bool = False) -> bytes:
+        if reasoning and self.kind == "chat":
+            return self._choice({"reasoning_content": text})
         if self.role_sent or self.kind != "chat":
             return self.text_head + orjson.dumps(text) + self.text_tail
         return self._choice({"content": text})
@@ -287,7 +291,8 @@ class Chunks:
 
 def usage(meter: RequestMeter) -> dict:
     return {"prompt_tokens": meter.prompt_tokens, "completion_tokens": meter.completion_tokens,
-            "total_tokens": meter.prompt_tokens + meter.completion_tokens}
+            "total_tokens": meter.prompt_tokens + meter.completion_tokens,
+            "completion_tokens_details": {"reasoning_tokens": meter.reasoning_tokens}}
 
 
 async def sleep_until(t: float) -> None:
@@ -297,20 +302,20 @@ async def sleep_until(t: float) -> None:
 
 
 async def frames(events, chunks: Chunks, meter: RequestMeter):
-    """Backend events -> (sse bytes, tokens, produced at). Bookkeeping events yield no frame.
-    Closing this generator closes the backend's, which cancels its work."""
+    """Backend events -> (sse bytes, tokens, produced at, is answer). Bookkeeping events yield
+    no frame. Closing this generator closes the backend's, which cancels its work."""
     try:
         async for ev in events:
             if isinstance(ev, TextDelta):
-                meter.produced(ev.t)
-                yield chunks.text(ev.text), ev.tokens, ev.t
+                meter.produced(ev.t, not ev.reasoning, ev.tokens)
+                yield chunks.text(ev.text, ev.reasoning), ev.tokens, ev.t, not ev.reasoning
             elif isinstance(ev, ToolCallDelta):
                 meter.produced(ev.t)
-                yield chunks.tool_call(ev), 0, ev.t
+                yield chunks.tool_call(ev), ev.tokens, ev.t, True
             else:
                 absorb(meter, ev)
                 if isinstance(ev, Finish):
-                    yield chunks.finish(ev.reason), 0, ev.t
+                    yield chunks.finish(ev.reason), 0, ev.t, False
     finally:
         await events.aclose()
 
@@ -331,8 +336,8 @@ async def paced(source, route: Route, meter: RequestMeter, buffer: int):
 
     async def pump():
         try:
-            async for data, tokens, t in source:
-                await queue.put((data, tokens, route.down.send("down", t, len(data), meter.net)))
+            async for data, tokens, t, answer in source:
+                await queue.put((data, tokens, route.down.send("down", t, len(data), meter.net), answer))
             await queue.put(None)
         except Exception as e:  # not its own cancellation: putting that into a full queue would never return
             await queue.put(e)
@@ -376,7 +381,7 @@ async def stream_events(request, response, route: Route, meter: RequestMeter, ev
             meter.bytes_down += len(data)
             t = time.perf_counter()
             for frame in batch:
-                meter.delivered(t, frame[1])
+                meter.delivered(t, frame[1], frame[3])
     finally:
         # paced first: it stops its pump task, which may be inside the source (closing a generator
         # another task is running raises); a failed write leaves it open otherwise, for the GC
@@ -394,12 +399,12 @@ async def complete(request, route: Route, meter: RequestMeter, events, kind: str
     meter.backend_started(time.perf_counter())
     if request.app[CONFIG].server.record_traces:
         meter.timeline = Timeline(stream=False)
-    text, calls = [], {}
+    text, thought, calls = [], [], {}
     try:
         async for ev in events:
             if isinstance(ev, TextDelta):
-                meter.produced(ev.t)
-                text.append(ev.text)
+                meter.produced(ev.t, not ev.reasoning, ev.tokens)
+                (thought if ev.reasoning else text).append(ev.text)
             elif isinstance(ev, ToolCallDelta):
                 meter.produced(ev.t)
                 call = calls.setdefault(ev.index, {"id": ev.id, "type": "function",
@@ -414,6 +419,8 @@ async def complete(request, route: Route, meter: RequestMeter, events, kind: str
     content = "".join(text)
     if kind == "chat":
         message = {"role": "assistant", "content": content or (None if calls else "")}
+        if thought:
+            message["reasoning_content"] = "".join(thought)
         if calls:
             message["tool_calls"] = [calls[i] for i in sorted(calls)]
         choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": meter.finish_reason}
@@ -429,8 +436,9 @@ async def complete(request, route: Route, meter: RequestMeter, events, kind: str
     if route.down:
         await sleep_until(route.down.send("down", time.perf_counter(), len(payload), meter.net))
     meter.bytes_down = len(payload)
-    if meter.t_backend_first is not None:
-        meter.delivered(meter.t_backend_first, 0)  # non-streamed: TTFT is when the first token was made
+    if meter.t_backend_first is not None:  # non-streamed: TTFT is when the first token was made
+        meter.delivered(meter.t_backend_first, 0, meter.t_backend_first == meter.t_backend_first_answer)
+        meter.t_first_answer = meter.t_backend_first_answer
     meter.t_last_token = time.perf_counter()
     record = finish(request, route, meter, 200, None)
     out["edgemeter"] = record

@@ -80,7 +80,8 @@ class RequestMeter:
                  "t_received", "t_backend", "t_scheduled", "t_first_token", "t_backend_first", "t_last_token",
                  "t_end", "last_delivery", "itl_child", "prompt_tokens", "completion_tokens", "usage_source",
                  "bytes_up", "bytes_down", "net", "cpu_s", "compute_j", "compute_method", "finish_reason",
-                 "chunks", "timeline", "energy", "window", "_running", "placement")
+                 "chunks", "timeline", "energy", "window", "_running", "placement", "reasoning_tokens",
+                 "t_backend_first_answer", "t_first_answer")
 
     def __init__(self, model: str, backend: str, mode: str, network: str, device: str, session: str | None,
                  t_received: float, bytes_up: int, placement: dict):
@@ -97,6 +98,8 @@ class RequestMeter:
         self.last_delivery = None
         self.itl_child = child(m.ITL, *self.labels)  # observed per token
         self.prompt_tokens = self.completion_tokens = 0
+        self.reasoning_tokens = 0  # of completion_tokens, those spent thinking
+        self.t_backend_first_answer = self.t_first_answer = None  # the first answer token (after any thinking)
         self.usage_source = "backend"
         self.bytes_up, self.bytes_down = bytes_up, 0
         self.net = NetTally()
@@ -130,13 +133,20 @@ class RequestMeter:
             self.compute_j, self.compute_method = self.energy.end(window, self.cpu_s, t)
             self.energy = None
 
-    def produced(self, t: float) -> None:
-        """A token left the backend (before any simulated network)."""
+    def produced(self, t: float, answer: bool = True, tokens: int = 0) -> None:
+        """``tokens`` tokens left the backend (before any simulated network); ``answer``: not thinking.
+        Thinking tokens are counted here, for backends whose usage does not split them out."""
+        if not answer:
+            self.reasoning_tokens += tokens
         if self.t_backend_first is None:
             self.t_backend_first = t
+        if answer and self.t_backend_first_answer is None:
+            self.t_backend_first_answer = t
 
-    def delivered(self, t: float, tokens: int) -> None:
+    def delivered(self, t: float, tokens: int, answer: bool = True) -> None:
         """``tokens`` tokens reached the client at ``t``. A chunk of n tokens counts as n gaps of gap/n."""
+        if answer and self.t_first_answer is None:
+            self.t_first_answer = t
         if self.t_first_token is None:
             self.t_first_token = t
         elif tokens:
@@ -157,6 +167,7 @@ class RequestMeter:
             child(m.ERRORS, *lab, cause).inc()
         e2e = self.t_end - self.t_received
         ttft = None if self.t_first_token is None else self.t_first_token - self.t_received
+        ttfat = None if self.t_first_answer is None else self.t_first_answer - self.t_received
         tpot = None
         if ttft is not None and self.completion_tokens > 1:
             tpot = (self.t_last_token - self.t_first_token) / (self.completion_tokens - 1)
@@ -171,6 +182,10 @@ class RequestMeter:
             child(m.TTFT, *lab).observe(ttft)
         if backend_ttft is not None:
             child(m.BACKEND_TTFT, *lab).observe(backend_ttft)
+        if ttfat is not None:
+            child(m.TTFAT, *lab).observe(ttfat)
+        if self.reasoning_tokens:
+            child(m.REASONING_TOKENS, *lab).inc(self.reasoning_tokens)
         if tpot is not None:
             child(m.TPOT, *lab).observe(tpot)
         if queue is not None:
@@ -212,8 +227,9 @@ class RequestMeter:
             "mode": self.mode,
             "network": self.network, "device": self.device, "session": self.session, "status": status,
             "error": cause, "finish_reason": self.finish_reason,
-            "ttft_s": ttft, "backend_ttft_s": backend_ttft, "e2e_s": e2e, "tpot_s": tpot, "queue_s": queue,
+            "ttft_s": ttft, "ttfat_s": ttfat, "backend_ttft_s": backend_ttft, "e2e_s": e2e, "tpot_s": tpot, "queue_s": queue,
             "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
             "usage_source": self.usage_source, "chunks": self.chunks,
             "bytes_up": self.bytes_up, "bytes_down": self.bytes_down,
             "net_delay_s": {"total": self.net.added_s, **delay},

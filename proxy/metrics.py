@@ -41,6 +41,10 @@ TTFT = Histogram("edgemeter_time_to_first_token_seconds",
 BACKEND_TTFT = Histogram("edgemeter_backend_time_to_first_token_seconds",
                          "Request handed to the backend to first token produced (no simulated network).",
                          REQ, buckets=LATENCY_BUCKETS)
+TTFAT = Histogram("edgemeter_time_to_first_answer_token_seconds",
+                  "Request received to first answer token delivered: after the model's thinking "
+                  "(reasoning_content), so equal to TTFT for a model that does not think.",
+                  REQ, buckets=LATENCY_BUCKETS)
 ITL = Histogram("edgemeter_inter_token_latency_seconds", "Gap between delivered tokens, observed per token.",
                 REQ, buckets=LATENCY_BUCKETS)
 TPOT = Histogram("edgemeter_request_time_per_output_token_seconds",
@@ -49,6 +53,8 @@ E2E = Histogram("edgemeter_e2e_request_latency_seconds", "Request received to la
                 buckets=LATENCY_BUCKETS)
 PROMPT_TOKENS = Counter("edgemeter_prompt_tokens", "Prompt tokens processed.", REQ)
 GEN_TOKENS = Counter("edgemeter_generation_tokens", "Tokens generated.", REQ)
+REASONING_TOKENS = Counter("edgemeter_reasoning_tokens", "Generated tokens spent thinking (part of generation "
+                           "tokens).", REQ)
 REQ_PROMPT_TOKENS = Histogram("edgemeter_request_prompt_tokens", "Prompt tokens per request.", REQ,
                               buckets=TOKEN_BUCKETS)
 REQ_GEN_TOKENS = Histogram("edgemeter_request_generation_tokens", "Generated tokens per request.", REQ,

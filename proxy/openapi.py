@@ -84,7 +84,18 @@ def _schemas(models: list[str] | None) -> dict:
         "ChatRequest": {"type": "object", "required": ["model", "messages"], "properties": {
             **_generation_fields(models),
             "messages": {"type": "array", "minItems": 1, "items": message},
-            "tools": {"type": "array", "nullable": True}},
+            "tools": {"type": "array", "nullable": True, "items": {
+                "type": "object", "required": ["type", "function"], "properties": {
+                    "type": {"type": "string", "enum": ["function"]},
+                    "function": {"type": "object", "required": ["name"], "properties": {
+                        "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                        "description": {"type": "string"},
+                        "parameters": {"type": "object", "description": "A JSON Schema (checked as one)."}}}}}},
+            "tool_choice": {"nullable": True, "description": "Needs 'tools'; a named function must be one of them.",
+                            "anyOf": [{"type": "string", "enum": ["none", "auto", "required"]},
+                                      {"type": "object", "required": ["type", "function"]}]},
+            "chat_template_kwargs": {"type": "object", "nullable": True,
+                                     "description": "Extra variables for the chat template, e.g. enable_thinking."}},
             "description": "Unknown fields are kept and forwarded to an upstream backend."},
         "CompletionRequest": {"type": "object", "required": ["model", "prompt"], "properties": {
             **_generation_fields(models),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from backends import tools as tool_spec
 from proxy.errors import bad_request
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
@@ -82,9 +83,13 @@ def chat(body: Any) -> None:
                     and (part["type"] != "text" or isinstance(part.get("text"), str))):
                 raise bad_request(f"'{where}.content[{j}]' must be an object with a string 'type' "
                                   "(and a string 'text' for a text part)", f"{where}.content[{j}]", "invalid_type")
-    tools = body.get("tools")
-    if tools is not None and not isinstance(tools, list):
-        raise bad_request("'tools' must be an array", "tools", "invalid_type")
+    try:
+        tool_spec.check(body)
+    except tool_spec.ToolSpecError as e:
+        raise bad_request(str(e), e.param, e.code) from None
+    kwargs = body.get("chat_template_kwargs")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise bad_request("'chat_template_kwargs' must be an object", "chat_template_kwargs", "invalid_type")
 
 
 def completion(body: Any) -> None:

@@ -26,6 +26,10 @@ TOOL_FRAGMENTS = [
     {"tool_calls": [{"index": 0, "function": {"arguments": "\"print(1)\"}"}}]},
 ]
 USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+THOUGHT = ["The user", " greets", " me."]  # reasoning_content chunks, as vLLM/SGLang stream them
+ANSWER = ["Hello", "!"]
+REASONING_USAGE = {"prompt_tokens": 7, "completion_tokens": 9, "total_tokens": 16,
+                   "completion_tokens_details": {"reasoning_tokens": 6}}
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
@@ -53,6 +57,15 @@ async def chat(request: web.Request) -> web.StreamResponse:
             await w(chunk(d))
         await w(chunk(finish="tool_calls"))
         await w(chunk(usage=USAGE, choices=False))
+    elif script == "reasoning":  # thinking, a pause of `gap` s, the answer; usage only if asked
+        for piece in THOUGHT:
+            await w(chunk({"reasoning_content": piece, "content": None}))
+        await asyncio.sleep(float(body.get("gap", 0.0)))
+        for piece in ANSWER:
+            await w(chunk({"content": piece}))
+        await w(chunk(finish="stop"))
+        if body.get("send_usage", True):
+            await w(chunk(usage=REASONING_USAGE, choices=False))
     elif script == "sglang":  # usage on the finish chunk and again on a final chunk with empty choices
         await w(chunk({"role": "assistant", "content": "Hi"}))
         await w(chunk({"content": " there"}, finish="stop", usage=USAGE))

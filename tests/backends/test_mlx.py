@@ -13,7 +13,7 @@ from tests.conftest import require_import
 mlx_backend = require_import("backends.mlx", "pip install -e '.[mlx]'")
 
 from backends import BackendError, GenRequest, create  # noqa: E402
-from backends.base import Finish, Scheduled, TextDelta, Usage  # noqa: E402
+from backends.base import Finish, Scheduled, TextDelta, ToolCallDelta, Usage  # noqa: E402
 
 MSG = [{"role": "user", "content": "What is the capital of France?"}]
 QUESTIONS = ["What is the capital of France?", "List three prime numbers.",
@@ -244,3 +244,37 @@ async def test_proxy_stream_equals_non_stream(proxy_client, mlx_path):
     assert chunks[-1]["usage"] == full["usage"] and full["usage"]["completion_tokens"] == 7
     rec = chunks[-1]["edgemeter"]
     assert rec["backend"] == "mlx" and rec["compute_j"] > 0 and rec["compute_energy_method"]
+
+
+async def test_tools_and_reasoning_settings(start):
+    """SmolLM2's template has no tools section: the generic tools prompt carries them; the answer
+    goes through the same parsers as on llama.cpp (MLX decodes forced calls without a grammar)."""
+    b = await start(reasoning_parser="qwen3")
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}]
+    body = {"messages": MSG, "tools": tools, "temperature": 0, "max_tokens": 6}
+    prompt = b.tokenizer.decode(b._prompt_tokens(GenRequest("chat", "smollm2", body)))
+    assert not b.template_tools and '"name": "get_weather"' in prompt and "<tool_call>" in prompt
+    plain = b.tokenizer.decode(b._prompt_tokens(GenRequest("chat", "smollm2", {**body, "tool_choice": "none"})))
+    assert "get_weather" not in plain
+    evs = await collect(b, {**body, "chat_template_kwargs": {"enable_thinking": False}})
+    assert isinstance(evs[-1], Usage) and evs[-1].completion_tokens == 6 and evs[-1].reasoning_tokens == 0
+    assert all(not e.reasoning for e in evs if isinstance(e, TextDelta))
+
+
+async def test_forced_call_constrained_per_request_in_a_batch(start):
+    """outlines-core's schema index constrains the forced request only: the free request decoding
+    in the same batch gives the tokens it gives alone."""
+    import jsonschema
+
+    from tests.backends.test_tools import MSG as ASK, NAMED, TOOLS, WEATHER
+    b = await start(max_batch=2)
+    free = {"messages": ASK, "temperature": 0, "max_tokens": 16}
+    alone = text(await collect(b, free))
+    forced, beside = await asyncio.gather(collect(b, {**free, "tools": TOOLS, "tool_choice": NAMED, "max_tokens": 80}),
+                                          collect(b, free))
+    assert text(beside) == alone and "rankine" not in alone and "reaumur" not in alone
+    calls = [e for e in forced if isinstance(e, ToolCallDelta)]  # the name, then argument fragments
+    assert calls[0].name == "get_weather" and {c.index for c in calls} == {0} and forced[-2].reason == "tool_calls"
+    jsonschema.validate(json.loads("".join(c.arguments for c in calls)), WEATHER)
+    assert forced[-1].completion_tokens >= sum(c.tokens for c in calls) > 0

@@ -95,7 +95,7 @@ async def test_upstream_usage_quirks_normalized(proxy, script):
                                            "stream_options": {"include_usage": True}})).read())
     usage_chunks = [c for c in events[:-1] if c.get("usage")]
     assert len(usage_chunks) == 1 and usage_chunks[0]["object"] == "chat.completion.chunk"
-    assert usage_chunks[0]["usage"] == USAGE and usage_chunks[0]["edgemeter"]["usage_source"] == "backend"
+    assert usage_chunks[0]["usage"] == {**USAGE, "completion_tokens_details": {"reasoning_tokens": 0}} and usage_chunks[0]["edgemeter"]["usage_source"] == "backend"
 
 
 async def test_upstream_always_asked_to_stream_with_usage(proxy, fake):

@@ -141,7 +141,8 @@ JSON_VALUES = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12)
 FIELDS = ["model", "messages", "prompt", "stream", "stream_options", "max_tokens", "max_completion_tokens",
-          "temperature", "top_p", "presence_penalty", "frequency_penalty", "seed", "n", "stop", "tools"]
+          "temperature", "top_p", "presence_penalty", "frequency_penalty", "seed", "n", "stop", "tools", "tool_choice",
+          "chat_template_kwargs"]
 # Known fields with any JSON value, and well-formed requests with one field replaced.
 BODIES = st.dictionaries(st.sampled_from(FIELDS), JSON_VALUES, max_size=6) | st.builds(
     lambda field, value, stream: {"model": "echo", "messages": [{"role": "user", "content": "hi"}],
