@@ -305,7 +305,7 @@ def network_energy() -> dict:
                    "chunk still waited at the end).", quantile_targets(NET_DELAY), "s", w=8),
         timeseries("Mean added delay by component",
                    "Mean seconds per request by cause: propagation, serialization, queueing, retransmission, "
-                   "slow start, radio promotion.",
+                   "congestion window (slow_start), radio promotion and paging, connection handshake.",
                    [target(per_request(f"sum by (component) ({rate(delay_part)})"), "{{component}}")], "s",
                    w=8, stack=True),
         timeseries("Mean added delay by direction", "Mean seconds per request spent uplink and downlink.",

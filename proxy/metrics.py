@@ -54,8 +54,8 @@ BYTES = Counter("edgemeter_bytes", "HTTP body bytes through the proxy (up = clie
 NET_DELAY = Histogram("edgemeter_network_delay_seconds", "Simulated network delay added per request.", REQ,
                       buckets=LATENCY_BUCKETS)
 NET_DELAY_PART = Counter("edgemeter_network_delay_component_seconds",
-                         "Simulated delay by component (propagation, serialization, queueing, "
-                         "retransmission, promotion, slow_start) and direction.", REQ + ("direction", "component"))
+                         "Simulated delay by component (propagation, serialization, queueing, retransmission, "
+                         "promotion, slow_start, paging, handshake) and direction.", REQ + ("direction", "component"))
 RADIO_ENERGY = Counter("edgemeter_radio_energy_joules", "Radio energy of simulated devices by RRC state.",
                        ("network", "radio", "state"))
 RADIO_TIME = Counter("edgemeter_radio_state_seconds", "Time simulated radios spent in each RRC state.",

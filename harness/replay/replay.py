@@ -37,7 +37,7 @@ from proxy.config import MODES, ConfigError
 from proxy.config import load as load_config
 from proxy.device import Device
 from proxy.energy import ComputeEnergy
-from proxy.link import DELAY_PARTS, presets_from_config
+from proxy.link import DELAY_PARTS, pocket_agent, presets_from_config
 from proxy.meter import NetTally
 from proxy.radio import RADIO_PROFILES
 from proxy.router import Session as ProxySession
@@ -214,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--modes", default=",".join(MODES), help="comma-separated deployment modes (default: all)")
     a("--networks", help="comma-separated network presets (default: every preset known)")
     a("--radio", choices=sorted(RADIO_PROFILES), help="radio profile for every preset (default: each preset's own)")
+    a("--compat", choices=["pocket-agent"], help="replay under the agent-placement study's network and radio model "
+                                                 "(per-call Gaussian RTT, its radio figures) to set results beside it")
     a("--seed", default="0", help="seeds the simulated network as the proxy's server.seed does (default 0)")
     a("--config", help="config.yaml whose networks: and energy: sections to use")
     a("--keep-flagged", action="store_true", help="replay sessions that violate replay's assumptions too "
@@ -249,7 +251,9 @@ def main(argv: list[str]) -> int:
     for n in names:
         if n not in presets:
             raise SystemExit(f"replay: unknown network preset {n!r} (known: {', '.join(presets)})")
-    chosen = [dataclasses.replace(presets[n], radio=args.radio) if args.radio else presets[n] for n in names]
+    chosen = [pocket_agent(presets[n]) if args.compat else presets[n] for n in names]
+    if args.radio:
+        chosen = [dataclasses.replace(p, radio=args.radio) for p in chosen]
     seed = int(args.seed) if args.seed.lstrip("-").isdigit() else args.seed
     energy = ComputeEnergy.from_config({**(config.energy if config else {}), "method": "estimate"})
 
@@ -284,6 +288,7 @@ def main(argv: list[str]) -> int:
     run_info = {"args": info_args, "run_mode": "replay", "k": info.get("k") or [1],
                 "sandbox_isolation": info.get("sandbox_isolation") or [],
                 "replay": {"argv": argv, "seed": seed, "modes": modes, "networks": names, "radio": args.radio,
+                           "compat": args.compat,
                            "sessions": len(sessions), "replayed": len(usable), "skipped": skipped,
                            "flagged": len(flagged), "replay_s": t_replayed - t_loaded},
                 "written_at": time.time()}

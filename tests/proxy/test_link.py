@@ -1,12 +1,13 @@
 import math
 import random
 import statistics
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from proxy.link import (IW, MSS, PACKET, PRESETS, Bandwidth, Bernoulli, DelaySplit, GilbertElliott, Latency,
-                        Link, Loss, SlowStart, TraceBandwidth, load_trace, presets_from_config,
+                        Link, Loss, CongestionWindow, TraceBandwidth, load_trace, presets_from_config,
                         segments, wire_bytes)
 
 
@@ -43,6 +44,31 @@ def test_latency_keeps_mean_and_sd_and_never_goes_below_floor():
     assert min(delays) >= stage.floor - 1e-12
     assert statistics.fmean(delays) == pytest.approx(mean, rel=0.02)
     assert statistics.stdev(delays) == pytest.approx(sd, rel=0.03)
+
+
+def test_latency_is_correlated_over_its_correlation_time():
+    stage = Latency(0.1, 0.07, random.Random(4), corr_s=2.0)
+    near, far = [], []
+    for i in range(4000):
+        t = i * 10.0
+        a = stage(t, 100, DelaySplit()) - t
+        b = stage(t + 0.02, 100, DelaySplit()) - (t + 0.02)
+        c = stage(t + 8.0, 100, DelaySplit()) - (t + 8.0)
+        near.append((a, b))
+        far.append((b, c))
+    corr = lambda pairs: statistics.correlation(*zip(*pairs, strict=True))  # noqa: E731
+    assert corr(near) > 0.95  # 20 ms apart: exp(-0.01) in the underlying normal
+    assert abs(corr(far)) < 0.1  # 8 s apart: exp(-4) = 0.02
+
+
+def test_streamed_frames_keep_the_configured_mean_and_sd():
+    mean, sd = 0.1, 0.0707
+    delays = []
+    for seed in range(300):
+        stage = Latency(mean, sd, random.Random(seed), corr_s=2.0)
+        delays += [stage(i * 0.02, 150, DelaySplit()) - i * 0.02 for i in range(200)]
+    assert statistics.fmean(delays) == pytest.approx(mean, rel=0.05)
+    assert statistics.pstdev(delays) == pytest.approx(sd, rel=0.10)
 
 
 def test_latency_floor_is_two_sd_below_mean():
@@ -116,15 +142,74 @@ def test_loss_fast_retransmit_costs_one_rtt_when_three_segments_follow():
     assert split.retransmission == pytest.approx(0.08) and stage.lost == 1 and stage.segments == 5
 
 
-def test_loss_of_a_tail_segment_waits_for_the_rto():
+def test_loss_of_a_tail_segment_waits_for_the_probe():
+    # nothing followed it: the tail-loss probe fires 2 SRTT after it, before the RTO (RFC 8985)
     stage = Loss(Scripted([False, False, True]), rtt_s=0.08, rto_s=0.28)
-    assert stage(0.0, 3 * MSS, DelaySplit()) == pytest.approx(0.28)
+    assert stage(0.0, 3 * MSS, DelaySplit()) == pytest.approx(0.16)
+    assert stage.repairs == {"fast": 0, "tlp": 1, "rto": 0}
 
 
-def test_lost_retransmission_backs_off():
-    # single segment lost, its retransmission lost, the second retry gets through: RTO + RTO
-    stage = Loss(Scripted([True, True, False]), rtt_s=0.08, rto_s=0.3)
-    assert stage(0.0, 100, DelaySplit()) == pytest.approx(0.6)
+def test_probe_for_a_lone_segment_adds_the_delayed_ack_timer_but_never_passes_the_rto():
+    assert Loss(Scripted([True]), rtt_s=0.02, rto_s=0.3)(0.0, 100, DelaySplit()) == pytest.approx(0.04 + 0.2)
+    assert Loss(Scripted([True]), rtt_s=0.2, rto_s=0.3)(0.0, 100, DelaySplit()) == pytest.approx(0.3)
+
+
+def test_probe_exposes_an_earlier_loss_which_is_resent_one_rtt_later():
+    stage = Loss(Scripted([False, True, False]), rtt_s=0.08, rto_s=0.28)  # one segment after it: no 3 dupacks
+    assert stage(0.0, 3 * MSS, DelaySplit()) == pytest.approx(0.16 + 0.08)
+
+
+def test_lost_retransmission_backs_off_doubling_from_the_first_timeout():
+    # lone segment lost; the probe (0.04 + 0.2 s) lost; the RTO retransmission lost; then through:
+    # probe + RTO + 2 RTO (the first timeout is charged once, RFC 6298 §5.5)
+    stage = Loss(Scripted([True, True, True, False]), rtt_s=0.02, rto_s=0.3)
+    assert stage(0.0, 100, DelaySplit()) == pytest.approx(0.24 + 0.3 + 0.6)
+    assert stage.repairs == {"fast": 0, "tlp": 0, "rto": 1}
+
+
+def stream(stage, lost_at, n=10, gap=0.02, size=150):
+    """Frames offered ``gap`` apart; the frame with index ``lost_at`` loses its only segment."""
+    stage.model = Scripted([i == lost_at for i in range(n)])
+    return [stage(i * gap, size, DelaySplit()) for i in range(n)]
+
+
+def test_a_lost_frame_is_fast_retransmitted_by_the_frames_after_it():
+    # frames 20 ms apart, RTT 200 ms: three more frames leave within 60 ms, their duplicate ACKs
+    # bring the retransmission out one RTT after the third: 60 + 200 ms late
+    stage = Loss(None, rtt_s=0.2, rto_s=0.6)
+    at = stream(stage, lost_at=4)
+    assert at[4] - 4 * 0.02 == pytest.approx(0.06 + 0.2)
+    assert stage.repairs == {"fast": 1, "tlp": 0, "rto": 0}
+    assert at[5] == at[4] and at == sorted(at)  # head-of-line: later frames wait for it
+
+
+def test_frames_too_sparse_for_three_dupacks_wait_for_the_probe():
+    # chunks 100 ms apart on a 200 ms RTT: the third later one would leave 300 ms on, beyond one RTT
+    stage = Loss(None, rtt_s=0.2, rto_s=0.6)
+    at = stream(stage, lost_at=4, gap=0.1)
+    assert at[4] - 0.4 == pytest.approx(0.4)  # PTO = 2 SRTT
+    assert stage.repairs == {"fast": 0, "tlp": 1, "rto": 0}
+
+
+class Window:
+    """Stands in for the congestion window: a fixed cwnd, and the losses it is told of."""
+    def __init__(self, segments):
+        self.cwnd, self.seen = segments * MSS, []
+
+    def on_loss(self, t, kind):
+        self.seen.append((round(t, 9), kind))
+
+
+def test_loss_reports_each_repair_to_the_congestion_window():
+    window = Window(10)
+    stream(Loss(None, rtt_s=0.2, rto_s=0.6, window=window), lost_at=4)
+    assert window.seen == [(round(0.08 + 0.26, 9), "fast")]
+
+
+def test_a_window_under_four_segments_cannot_raise_three_dupacks():
+    # the same loss (first of 5 segments) is fast-retransmitted with room for 10, probed with room for 3
+    assert Loss(Scripted([True]), 0.08, 0.28, Window(10))(0.0, 5 * MSS, DelaySplit()) == pytest.approx(0.08)
+    assert Loss(Scripted([True]), 0.08, 0.28, Window(3))(0.0, 5 * MSS, DelaySplit()) == pytest.approx(0.16 + 0.08)
 
 
 def test_loss_stalls_later_chunks_head_of_line():
@@ -157,18 +242,18 @@ def test_simple_gilbert_burst_length():
     assert sum(after_loss) / len(after_loss) == pytest.approx(0.75, abs=0.02)
 
 
-# --- SlowStart -------------------------------------------------------------------------
+# --- CongestionWindow -------------------------------------------------------------------------
 
 @given(st.integers(min_value=1, max_value=2_000_000))
 def test_slow_start_rounds_match_iw10_doubling(size):
     rtt = 0.1
-    depart = SlowStart(rtt, rto_s=0.3)(0.0, size, DelaySplit())
+    depart = CongestionWindow(rtt, rto_s=0.3)(0.0, size, DelaySplit())
     rounds = math.ceil(math.log2(size / IW + 1))  # facts §5 derivation
     assert depart == pytest.approx((rounds - 1) * rtt)
 
 
 def test_slow_start_restarts_after_idle_longer_than_rto():
-    stage = SlowStart(0.1, rto_s=0.3)
+    stage = CongestionWindow(0.1, rto_s=0.3)
     first = stage(0.0, 100_000, DelaySplit())
     assert first == pytest.approx(0.2)
     warm = stage(first + 0.25, 100_000, DelaySplit())  # idle < RTO: the grown window is kept
@@ -178,10 +263,42 @@ def test_slow_start_restarts_after_idle_longer_than_rto():
 
 
 def test_slow_start_keeps_fifo_order():
-    stage = SlowStart(0.1, rto_s=0.3)
+    stage = CongestionWindow(0.1, rto_s=0.3)
     a = stage(0.0, 3 * IW, DelaySplit())  # waits one round for its tail
     b = stage(0.01, 10, DelaySplit())
     assert b >= a
+
+
+def test_fast_loss_halves_the_window_at_the_next_round():
+    stage = CongestionWindow(0.1, rto_s=0.3)
+    stage(0.0, IW, DelaySplit())
+    stage.on_loss(0.05, "fast")
+    stage(0.1, 100, DelaySplit())  # next round: halved instead of doubled
+    assert stage.ssthresh == IW // 2 and stage.cwnd == IW // 2
+
+
+def test_timeout_drops_the_window_to_one_segment_and_stalls_until_it_fires():
+    stage = CongestionWindow(0.1, rto_s=0.3)
+    stage(0.0, IW, DelaySplit())
+    stage.on_loss(0.25, "rto")
+    depart = stage(0.1, 100, DelaySplit())  # the window is full until the timer fires
+    assert depart == pytest.approx(0.25) and stage.cwnd == MSS and stage.ssthresh == IW // 2
+
+
+def test_congestion_avoidance_adds_half_a_segment_per_round():
+    stage = CongestionWindow(0.1, rto_s=10.0)
+    stage(0.0, 0, DelaySplit())  # the connection starts (at IW10)
+    stage.cwnd = stage.ssthresh = 20 * MSS
+    stage(0.0, 20 * MSS, DelaySplit())
+    stage(0.1, 10, DelaySplit())  # delayed ACKs: one ACK per two segments (RFC 5681 §4.2)
+    assert stage.cwnd == 20 * MSS + MSS // 2
+
+
+def test_application_limited_sender_does_not_grow_the_window():
+    stage = CongestionWindow(0.1, rto_s=10.0)
+    for i in range(100):  # 150 B every 20 ms: never half of IW in flight
+        stage(i * 0.02, 150, DelaySplit())
+    assert stage.cwnd == IW
 
 
 # --- Link and presets ------------------------------------------------------------------
@@ -285,6 +402,8 @@ def test_gemodel_takes_netem_defaults():
     ({"x": {"rtt": 5}}, r"networks\.x\.rtt: unknown key"),
     ({"x": {"rtt_ms": -1}}, r"networks\.x\.rtt_ms: must be a non-negative number"),
     ({"x": {"rtt_ms": "20"}}, r"networks\.x\.rtt_ms: must be a non-negative number"),
+    ({"x": {"paging_s": -1}}, r"networks\.x\.paging_s: must be a non-negative number"),
+    ({"x": {"handshake_rtts": "two"}}, r"networks\.x\.handshake_rtts: must be a non-negative number"),
     ({"x": {"down_mbps": 0}}, r"networks\.x\.down_mbps: must be > 0"),
     ({"x": {"loss": 1.0}}, r"networks\.x\.loss: must be below 1"),
     ({"x": {"jitter_ms": 5}}, r"networks\.x\.jitter_ms: needs rtt_ms"),
@@ -306,3 +425,91 @@ def test_presets_from_config_errors(spec, msg):
 def test_custom_preset_can_redefine_a_builtin_name():
     assert presets_from_config({"4g": {"base": "4g", "loss": 0.0}})["4g"].loss == 0.0
     assert PRESETS["4g"].loss == 0.005
+
+
+# --- Connection setup, paging, presets per radio ------------------------------------------
+
+def quiet(name="4g", **over):
+    """A preset without jitter, loss or radio: every delay is a closed form."""
+    return replace(PRESETS[name], jitter_ms=0, loss=0.0, radio="none", **over)
+
+
+def test_new_connection_pays_tcp_and_tls_round_trips_before_its_first_byte():
+    link = Link(quiet())
+    first = link.send("up", 0.0, 100)
+    assert first.split.handshake == pytest.approx(2 * 0.08)
+    assert first.at == pytest.approx(0.16 + wire_bytes(100) * 8 / 5.9e6 + 0.04)
+    assert link.send("down", first.at, 100).split.handshake == 0.0  # the answer uses that connection
+    assert link.send("up", 1.0, 100).split.handshake == 0.0  # kept alive
+    assert link.send("up", 1.0 + 5.5, 100).split.handshake == pytest.approx(0.16)  # idle > 5 s: closed
+
+
+def test_handshake_is_configurable_per_preset():
+    assert Link(quiet(handshake_rtts=0)).send("up", 0.0, 100).split.handshake == 0.0
+    link = Link(quiet(handshake_rtts=3, keepalive_s=60))
+    assert link.send("up", 0.0, 100).split.handshake == pytest.approx(0.24)
+    assert link.send("up", 50.0, 100).split.handshake == 0.0
+
+
+def test_download_to_an_idle_lte_radio_waits_for_paging_then_promotion():
+    p = replace(quiet(), radio="lte")
+    link = Link(p, seed=9)
+    d = link.send("down", 0.0, 100)
+    paging = random.Random(f"9:{p.name}:paging").uniform(0.0, 1.28)
+    assert d.split.paging == pytest.approx(paging) and d.split.promotion == pytest.approx(0.26)
+    assert d.at == pytest.approx(paging + 0.26 + wire_bytes(100) * 8 / 20e6 + 0.04)
+    assert link.send("down", d.at + 1.0, 100).split.paging == 0.0  # in the tail: no paging
+    assert Link(p).send("up", 0.0, 100).split.paging == 0.0  # the device starts it: no paging
+
+
+def test_paging_cycle_is_configurable():
+    p = replace(quiet(), radio="lte", paging_s=0.32)  # the 320 ms cycle an operator trace shows (facts §1, S5)
+    paging = random.Random(f"4:{p.name}:paging").uniform(0.0, 0.32)
+    assert Link(p, seed=4).send("down", 0.0, 100).split.paging == pytest.approx(paging)
+    assert Link(replace(p, paging_s=0)).send("down", 0.0, 100).split.paging == 0.0
+
+
+def test_presets_use_the_radio_their_network_has():
+    radios = {name: p.radio for name, p in PRESETS.items()}
+    assert radios == {"local": "none", "lan": "none", "wifi": "wifi", "5g": "nr5g_nsa", "4g": "lte",
+                      "poor_cellular": "lte", "edge_case": "lte"}
+    assert Link("lan").radio.profile.name == "none"
+
+
+def test_pocket_agent_model_charges_one_gaussian_rtt_per_call():
+    p = presets_from_config({"pa": {"base": "4g", "link_model": "pocket-agent", "radio": "pocket-agent"}})["pa"]
+    link = Link(p, seed=2)
+    rng = random.Random("2:pa:up:transfer")
+    rtt = max(0.0, rng.gauss(0.08, 0.03)) + (0.08 if rng.random() < 0.005 else 0.0)
+    up = link.send("up", 0.0, 1000)
+    assert up.split.handshake == 0.0 and up.split.promotion == pytest.approx(0.26)
+    assert up.at == pytest.approx(0.26 + 1000 * 8 / 5.9e6 + rtt)  # payload / bandwidth, no framing
+    down = link.send("down", up.at, 150)
+    assert down.at - up.at == pytest.approx(150 * 8 / 20e6)
+    link.radio.advance(100.0)
+    assert link.radio.energy_j["promotion"] == pytest.approx(0.5)
+    assert link.radio.energy_j["tail"] == pytest.approx(7 * 0.6)
+
+
+def test_unknown_link_model_is_refused():
+    with pytest.raises(ValueError, match=r"networks\.x\.link_model"):
+        presets_from_config({"x": {"link_model": "ns3"}})
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(sorted(PRESETS)), calls_strategy, st.integers(0, 2**16))
+def test_split_sums_to_delay_and_bytes_are_conserved(name, raw, seed):
+    link = Link(name, seed)
+    p, sent, serialization = link.preset, {"up": [], "down": []}, {"up": 0.0, "down": 0.0}
+    for direction, t, n in timeline(raw):
+        d = link.send(direction, t, n)
+        assert d.split.total == pytest.approx(d.at - t, abs=1e-9)
+        sent[direction].append(n)
+        serialization[direction] += d.split.serialization
+    for direction, chain in (("up", link.up), ("down", link.down)):
+        rate = p.up_mbps if direction == "up" else p.down_mbps
+        wire = sum(wire_bytes(n) for n in sent[direction])
+        assert serialization[direction] == pytest.approx(wire * 8 / (rate * 1e6), rel=1e-9, abs=1e-12)
+        loss = next((s for s in chain if isinstance(s, Loss)), None)
+        if loss is not None:  # every segment sent once; losses cost time, never bytes
+            assert loss.segments == sum(segments(n) for n in sent[direction])

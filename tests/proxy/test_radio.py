@@ -1,7 +1,7 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from proxy.radio import LTE, NR5G_NSA, RADIO_PROFILES, UMTS, WIFI, Radio, RadioCharge
+from proxy.radio import LTE, NR5G_NSA, POCKET_AGENT, RADIO_PROFILES, UMTS, WIFI, Radio, RadioCharge, nr5g_nsa
 
 LTE_TAIL_J = 0.1 * 1.2 + 0.02 * (0.002 * 1.68 + 0.018 * 1.06) / 0.02 + 10 * (0.002 * 1.68 + 0.038 * 1.06) / 0.04
 
@@ -17,6 +17,35 @@ def test_nr5g_nsa_is_lte_scaled():
     assert NR5G_NSA.base_w == pytest.approx(2.5 * LTE.base_w)
     assert NR5G_NSA.tail_j == pytest.approx(2.5 * LTE.tail_j)
     assert NR5G_NSA.tail_s == LTE.tail_s and NR5G_NSA.idle == LTE.idle
+
+
+def test_nsa_power_factor_spans_the_published_range_and_keeps_lte_paging():
+    assert LTE.paging_s == 1.28 and NR5G_NSA.paging_s == 1.28  # NSA camps on LTE
+    assert nr5g_nsa(2.0).tail_j == pytest.approx(2 * LTE.tail_j)
+    assert nr5g_nsa(3.0).base_w == pytest.approx(3 * LTE.base_w)
+
+
+def test_pocket_agent_radio_is_the_studys():
+    assert POCKET_AGENT.idle.promotion_s == 0.26
+    assert POCKET_AGENT.idle.promotion_s * POCKET_AGENT.idle.promotion_w == pytest.approx(0.5)
+    assert POCKET_AGENT.base_w == 1.2 and POCKET_AGENT.tail_s == 7.0 and POCKET_AGENT.tail_j == pytest.approx(4.2)
+    assert POCKET_AGENT.idle.power_w == 0.01 and RADIO_PROFILES["pocket-agent"] is POCKET_AGENT
+
+
+def test_wifi_power_save_wake_up_is_not_a_promotion():
+    r = Radio(WIFI)
+    r.transfer(0.0, 1.0)
+    r.advance(10.0)
+    assert r.is_idle(10.0)
+    r.transfer(10.0, 11.0)
+    assert r.promotions == 0
+
+
+def test_is_idle_only_after_the_tail():
+    r = Radio(LTE)
+    assert r.is_idle(0.0)
+    r.transfer(0.0, 1.0)
+    assert not r.is_idle(0.5) and not r.is_idle(1.0 + 5.0) and r.is_idle(1.0 + LTE.tail_s + 0.01)
 
 
 def test_first_transfer_from_idle_pays_promotion_active_and_tail():
@@ -177,4 +206,4 @@ def test_out_of_order_start_before_advanced_clock_is_moved_forward():
     c = r.transfer(5.0, 5.5)  # starts in time already accounted as idle
     assert r.time_s["psm"] == pytest.approx(10.0 - 1.25)
     assert c.active_j == 0.0  # it ends before the clock: nothing new to charge but its tail
-    assert r.promotions == 2
+    assert r.promotions == 0  # Wi-Fi power-save wake-ups are not promotions

@@ -15,7 +15,7 @@ from harness.replay import replay
 from harness.replay import trace as tr
 from harness.agents.results import read_rows
 from proxy.energy import ComputeEnergy
-from proxy.link import HEADER, presets_from_config
+from proxy.link import HEADER, pocket_agent, presets_from_config
 from tests.conftest import make_config, wait_ready
 from tests.fake_upstream import chunk
 
@@ -26,6 +26,7 @@ FIXED = {"fixed4g": {"base": "4g", "jitter_ms": 0, "loss": 0.0}}
 PRESETS = presets_from_config(FIXED)
 ENERGY = ComputeEnergy("estimate", watts_per_core=10.0, sample_s=None)
 PROMOTION, ONE_WAY, UP_BPS, DOWN_BPS = 0.26, 0.04, 5.9e6, 20e6  # the 4g preset and the LTE radio
+HANDSHAKE = 2 * 2 * ONE_WAY  # a new connection: TCP + TLS 1.3, one RTT each
 
 
 def ser(nbytes: int, bps: float) -> float:
@@ -81,10 +82,13 @@ def test_fixed_delay_preset_adds_promotion_and_link_delays_exactly():
     row = replay_one(s, "hybrid")
     c1, c2 = (c["edgemeter"] for c in row["llm_calls"])
     up = ser(1000, UP_BPS) + ONE_WAY
-    assert c1["ttft_s"] == pytest.approx(0.05 + PROMOTION + up + ser(150, DOWN_BPS) + ONE_WAY, abs=1e-9)
+    assert c1["ttft_s"] == pytest.approx(0.05 + PROMOTION + HANDSHAKE + up + ser(150, DOWN_BPS) + ONE_WAY, abs=1e-9)
     assert c1["net_delay_s"]["promotion"] == pytest.approx(PROMOTION)
-    assert c1["net_delay_s"]["total"] == pytest.approx(PROMOTION + up + ser(110, DOWN_BPS) + ONE_WAY, abs=1e-9)
-    # half a second later the radio is still connected (LTE's tail): no second promotion
+    assert c1["net_delay_s"]["handshake"] == pytest.approx(HANDSHAKE)
+    assert c1["net_delay_s"]["total"] == pytest.approx(PROMOTION + HANDSHAKE + up + ser(110, DOWN_BPS) + ONE_WAY,
+                                                       abs=1e-9)
+    # half a second later the radio is still connected (LTE's tail) and the connection open (keep-alive):
+    # no second promotion, no second handshake
     assert c2["ttft_s"] == pytest.approx(0.05 + up + ser(150, DOWN_BPS) + ONE_WAY, abs=1e-9)
     assert row["promotions"] == 1 and c2["promotions"] == 0
     net = c1["net_delay_s"]["total"] + c2["net_delay_s"]["total"]
@@ -97,7 +101,7 @@ def test_cloud_mode_charges_only_the_task_up_and_the_answer_down():
     s = session(calls=[call(), call(), call(gap_s=0.0)])
     row = replay_one(s, "cloud")
     c1, c2, c3 = (c["edgemeter"] for c in row["llm_calls"])
-    assert c1["net_delay_s"]["total"] == pytest.approx(PROMOTION + ser(1000, UP_BPS) + ONE_WAY, abs=1e-9)
+    assert c1["net_delay_s"]["total"] == pytest.approx(PROMOTION + HANDSHAKE + ser(1000, UP_BPS) + ONE_WAY, abs=1e-9)
     assert c1["ttft_s"] == pytest.approx(c1["net_delay_s"]["total"] + 0.05, abs=1e-9)  # frames stay in the cloud
     assert [c["net_delay_s"]["total"] for c in (c2, c3)] == [0, 0] and c2["radio_j"] == c3["radio_j"] == 0
     answer = row["session_record"]["final_answer_delay_s"]
@@ -105,6 +109,20 @@ def test_cloud_mode_charges_only_the_task_up_and_the_answer_down():
     assert row["net_delay_s"] == pytest.approx(c1["net_delay_s"]["total"] + answer)
     assert row["radio_j"] > c1["radio_j"] and row["promotions"] == 1
     assert row["wall_s"] == pytest.approx(s.wall_s + row["net_delay_s"])
+
+
+def test_pocket_agent_compat_charges_one_rtt_per_call_and_its_radio():
+    s = session()
+    (row,) = replay.Replayer("hybrid", pocket_agent(PRESETS["fixed4g"]), 0, ENERGY).device_rows(s.device, [s])
+    c1, c2 = (c["edgemeter"] for c in row["llm_calls"])
+    rtt = 2 * ONE_WAY  # jitter 0: the study's Gaussian RTT is exactly the RTT
+    assert c1["net_delay_s"]["handshake"] == 0.0
+    assert c1["net_delay_s"]["total"] == pytest.approx(PROMOTION + 1000 * 8 / UP_BPS + rtt + 110 * 8 / DOWN_BPS,
+                                                       abs=1e-9)
+    assert c2["ttft_s"] == pytest.approx(0.05 + 1000 * 8 / UP_BPS + rtt + 150 * 8 / DOWN_BPS, abs=1e-9)
+    assert row["radio"] == "pocket-agent" and row["promotions"] == 1
+    # its 0.5 J promotion, 1.2 W while busy (well under a second), its provisional 7 s tail at 0.6 W
+    assert 0.5 + 7 * 0.6 < c1["radio_j"] < 0.5 + 7 * 0.6 + 1.2 * 1.0
 
 
 def test_same_seed_same_replay_other_seed_other_draws():
