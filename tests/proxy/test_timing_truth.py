@@ -120,6 +120,9 @@ async def test_timings_match_the_upstream_log_and_the_preset(proxy, upstream, mo
     # TPOT: first token to the last frame, over N - 1 gaps; non-streamed the body's downlink is in it
     tpot_true = (sent.finish - sent.tokens[0] + (0.0 if stream else down)) / (N - 1)
     assert rec["tpot_s"] == pytest.approx(tpot_true, abs=TOL_MEAN_S)
+    # ...exactly (end-to-end - TTFT) / (N - 1): a divisor off by one misses by a whole gap (20 ms), which
+    # the mean's tolerance alone would not see; the last frame and the record are event-loop turns apart
+    assert rec["tpot_s"] * (N - 1) == pytest.approx(rec["e2e_s"] - rec["ttft_s"], abs=TOL_S / 4)
     assert rec["queue_s"] is None  # an upstream says nothing about its queue
     assert rec["net_delay_s"]["total"] == pytest.approx(up + down, abs=1e-5)
     assert rec["net_delay_s"]["handshake"] == pytest.approx(HANDSHAKE_RTTS * RTT_S if up else 0.0, abs=1e-9)
