@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=""
   command -v prometheus >/dev/null || missing="$missing prometheus"
-  # OpenBLAS: backends/mlx.py loads it in place of the mlx[cpu] wheel's reference BLAS (~8x faster)
+  # OpenBLAS: backends/mlx.py loads it in place of the mlx[cpu] wheel's reference BLAS (TTFT ~10x,
+  # decode ~1.5x faster: docs/benchmarks.md, "MLX next to llama.cpp")
   ldconfig -p | grep -q libopenblas || missing="$missing libopenblas0-pthread"
   if [ -n "$missing" ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null

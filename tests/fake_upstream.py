@@ -1,15 +1,31 @@
 """A scripted OpenAI upstream for what a real server cannot do on demand: faults, quirks, exact timing.
 
-The requested model name picks the script, e.g. ``{"model": "reset"}``.
+The requested model name picks the script, e.g. ``{"model": "reset"}``. The token
+scripts log when each chunk was written (``time.perf_counter()``, the proxy's clock when
+the server runs in the test's process): the truth timing tests compare the proxy's
+measurements with.
 """
 from __future__ import annotations
 
 import asyncio
+import time
+from dataclasses import dataclass, field
 
 import orjson
 from aiohttp import web
 
 SEEN = web.AppKey("seen", list)
+
+
+@dataclass
+class Sent:
+    """One request's timeline as the upstream lived it."""
+    received: float                                    # the handler started
+    tokens: list[float] = field(default_factory=list)  # each token chunk written
+    finish: float | None = None                        # the finish chunk written
+
+
+SENT = web.AppKey("sent", list)  # a Sent per token-script request, in arrival order
 
 
 def chunk(delta: dict | None = None, finish=None, usage=None, obj="chat.completion.chunk", choices=True) -> bytes:
@@ -33,6 +49,7 @@ REASONING_USAGE = {"prompt_tokens": 7, "completion_tokens": 9, "total_tokens": 1
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
+    received = time.perf_counter()
     body = await request.json()
     script = body["model"]
     request.app[SEEN].append(body)
@@ -89,11 +106,15 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return resp
     else:  # "echo" and slow_first: N tokens at a fixed gap, no usage (like llama.cpp's server)
         n, gap = int(body.get("n_tokens", 5)), float(body.get("gap", 0.0))
+        sent = Sent(received)
+        request.app[SENT].append(sent)
         for i in range(n):
             await w(chunk({"content": f"t{i} "}))
+            sent.tokens.append(time.perf_counter())
             if gap:
                 await asyncio.sleep(gap)
         await w(chunk(finish="stop"))
+        sent.finish = time.perf_counter()
     await w(b"data: [DONE]\n\n")
     return resp
 
@@ -101,5 +122,6 @@ async def chat(request: web.Request) -> web.StreamResponse:
 def make_app() -> web.Application:
     app = web.Application()
     app[SEEN] = []
+    app[SENT] = []
     app.router.add_post("/v1/chat/completions", chat)
     return app

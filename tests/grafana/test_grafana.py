@@ -4,7 +4,9 @@ The main test runs a real proxy and a real Prometheus scraping it every second, 
 two waves of requests (local, hybrid and cloud modes over several network presets, one
 upstream failure, one request to the in-process SmolLM2), then evaluates every query of
 every panel through Prometheus' HTTP API: each must parse and return at least one finite
-value. The other tests lint the dashboard JSON and the provisioning and compose files.
+value. A second one sends steady traffic of known rate, tokens and delays and checks the
+panels' values against it. The other tests lint the dashboard JSON and the provisioning
+and compose files.
 """
 from __future__ import annotations
 
@@ -249,3 +251,111 @@ async def test_every_panel_query_returns_data_from_prometheus(proxy, tmp_path):
 
         assert not problems, "\n".join(problems)
 
+
+
+# --- panel values against known traffic ---
+
+# Steady traffic of known shape: RATE requests a second, each TOKENS tokens from a scripted upstream
+# that answers after FIRST_S, over a preset whose only delay is a fixed path (no jitter, loss, handshake
+# or radio; 10 Gb/s), so every request's added delay is exactly its RTT: half up, half down. Each
+# value sits 110 ms or more below its latency bucket's upper edge (a loaded machine only adds time):
+# backend TTFT 0.52 s and TTFT 0.64 s in (0.5, 0.75], end-to-end 0.76 s in (0.75, 1], network 0.24 s
+# in (0.2, 0.3] (exact: no scheduling in it).
+RATE, TOKENS, FIRST_S, RTT_S = 10.0, 4, 0.52, 0.240
+TRUTH_NET = {"dashnet": {"rtt_ms": RTT_S * 1000, "jitter_ms": 0, "loss": 0.0, "handshake_rtts": 0}}
+# The panels see only this traffic: their variables select its model and network; the window is short
+# enough to lie inside the steady run and holds several 1 s scrapes.
+TRUTH_SUBSTITUTIONS = {**SUBSTITUTIONS, "$model": "dash", "$network": "dashnet", "$__rate_interval": "5s"}
+
+
+def bucket(value: float) -> tuple[float, float]:
+    """The latency histogram bucket holding ``value``: a quantile from it can only be resolved to that."""
+    from proxy.metrics import LATENCY_BUCKETS
+    edges = (0.0, *LATENCY_BUCKETS)
+    return next((lo, hi) for lo, hi in zip(edges, edges[1:]) if lo < value <= hi)
+
+
+async def panel(prom: Prometheus, uid: str, title: str, ref: str) -> list[tuple[dict, float]]:
+    """One panel query as Grafana would send it with TRUTH_SUBSTITUTIONS: (labels, value) per series."""
+    (expr,) = [t["expr"] for u, p, t in queries() if u == uid and p["title"] == title and t["refId"] == ref]
+    for var in sorted(TRUTH_SUBSTITUTIONS, key=len, reverse=True):
+        expr = expr.replace(var, TRUTH_SUBSTITUTIONS[var])
+    data = await prom.api("query", query=expr, time=f"{time.time():.3f}")
+    return [(s["metric"], float(s["value"][1])) for s in data["result"]]
+
+
+async def test_panel_values_match_the_traffic_sent(aiohttp_server, aiohttp_client, tmp_path):
+    prometheus_binary()
+    from proxy.app import create_app
+    upstream = await aiohttp_server(make_app())
+    config = make_config({"dash": {"backend": "upstream", "base_url": str(upstream.make_url("/v1")),
+                                   "model": "slow_first"}}, networks=TRUTH_NET)
+    server = await aiohttp_server(create_app(config))
+    await wait_ready(server)
+    client = await aiohttp_client(server)
+    records = []
+
+    async def one(i: int) -> None:
+        body = {"model": "dash", "messages": [{"role": "user", "content": "hi"}], "delay": FIRST_S,
+                "n_tokens": TOKENS, "stream": False}
+        async with client.post("/v1/chat/completions", data=orjson.dumps(body),
+                               headers={"Content-Type": "application/json", "X-Edgemeter-Mode": "hybrid",
+                                        "X-Edgemeter-Network": "dashnet", "X-Edgemeter-Device": f"dash-{i}"}) as r:
+            assert r.status == 200
+            records.append((await r.json())["edgemeter"])
+
+    async def traffic(stop: asyncio.Event) -> None:
+        """Launch on an absolute schedule: a late wake-up shifts one launch, never the rate."""
+        t0, tasks = time.perf_counter(), []
+        i = 0
+        while not stop.is_set():
+            await asyncio.sleep(max(0.0, t0 + i / RATE - time.perf_counter()))
+            tasks.append(asyncio.create_task(one(i)))
+            i += 1
+        await asyncio.gather(*tasks)
+
+    async with Prometheus(f"{server.host}:{server.port}", tmp_path) as prom:
+        stop = asyncio.Event()
+        sender = asyncio.create_task(traffic(stop))
+        try:
+            await asyncio.sleep(2.0)  # the series exist and the first requests are done
+            await prom.wait_scrapes(after=time.time(), n=6)  # a 5 s window of steady traffic, plus one
+            got = {(uid, title, ref): await panel(prom, uid, title, ref) for uid, title, ref in (
+                ("edgemeter-overview", "Requests / s", "A"), ("edgemeter-overview", "Output tokens / s", "A"),
+                ("edgemeter-overview", "Time to first token", "A"), ("edgemeter-overview", "Time to first token", "B"),
+                ("edgemeter-overview", "Backend TTFT vs delivered TTFT", "A"),
+                ("edgemeter-overview", "End-to-end latency", "A"),
+                ("edgemeter-overview", "Tokens per request (p50)", "B"),
+                ("edgemeter-network-energy", "Added network delay per request", "A"),
+                ("edgemeter-network-energy", "Mean added delay by component", "A"),
+                ("edgemeter-network-energy", "Mean added delay by direction", "A"))}
+        finally:
+            stop.set()
+            await sender
+
+    def value(uid, title, ref) -> float:
+        (labels, v), = got[uid, title, ref]
+        return v
+    # rates: the window's count is the sent rate, give or take one request in the ~4 s between its samples
+    assert value("edgemeter-overview", "Requests / s", "A") == pytest.approx(RATE, rel=0.15)
+    assert value("edgemeter-overview", "Output tokens / s", "A") == pytest.approx(RATE * TOKENS, rel=0.15)
+    # quantiles: every request has the same value, so each quantile lies in that value's bucket
+    ttft = RTT_S / 2 + FIRST_S  # non-streamed: the uplink, then the first token
+    assert sorted(r["ttft_s"] for r in records)[len(records) // 2] == pytest.approx(ttft, abs=0.05)
+    for ref in ("A", "B"):
+        lo, hi = bucket(ttft)
+        assert lo < value("edgemeter-overview", "Time to first token", ref) <= hi, ref
+    lo, hi = bucket(FIRST_S)
+    assert lo < value("edgemeter-overview", "Backend TTFT vs delivered TTFT", "A") <= hi
+    lo, hi = bucket(RTT_S + FIRST_S)
+    assert lo < value("edgemeter-overview", "End-to-end latency", "A") <= hi
+    assert 1 < value("edgemeter-overview", "Tokens per request (p50)", "B") <= TOKENS  # bucket (1, 4]
+    lo, hi = bucket(RTT_S)
+    assert lo < value("edgemeter-network-energy", "Added network delay per request", "A") <= hi
+    # means of counters that move together: exact up to the serialization at 10 Gb/s
+    net = "edgemeter-network-energy"
+    parts = {labels["component"]: v for labels, v in got[net, "Mean added delay by component", "A"]}
+    assert parts["propagation"] == pytest.approx(RTT_S, rel=0.01)
+    assert sum(parts.values()) == pytest.approx(RTT_S, rel=0.01)
+    ways = {labels["direction"]: v for labels, v in got[net, "Mean added delay by direction", "A"]}
+    assert ways == {"up": pytest.approx(RTT_S / 2, rel=0.01), "down": pytest.approx(RTT_S / 2, rel=0.01)}

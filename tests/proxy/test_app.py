@@ -5,8 +5,10 @@ import asyncio
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 
 from proxy.config import ConfigError, from_dict, load
+from tests.conftest import request_series
 from tests.fake_upstream import SEEN, TOOL_FRAGMENTS, USAGE, make_app
 
 
@@ -163,13 +165,14 @@ async def test_unknown_header_values_are_400_not_new_labels(proxy):
     ("400json", 400, "upstream_400"), ("stall", 504, "upstream_timeout"),
 ])
 async def test_upstream_http_failures_map_to_openai_errors(proxy, script, status, cause):
+    series = request_series(script, "upstream", "local", "local")
+    errors_before = REGISTRY.get_sample_value("edgemeter_request_errors_total", {**series, "cause": cause}) or 0
     r = await post(proxy, {"model": script, "messages": MSG})
     err = (await r.json())["error"]
     assert r.status == status and err["message"]
     if script == "400json":
         assert err["code"] == "context_length_exceeded" and err["param"] == "messages"
-    metrics = await (await proxy.get("/metrics")).text()
-    assert f'cause="{cause}"' in metrics
+    assert REGISTRY.get_sample_value("edgemeter_request_errors_total", {**series, "cause": cause}) == errors_before + 1
 
 
 @pytest.mark.parametrize("script,status", [("500", 502), ("400json", 400), ("stall", 504)])
@@ -235,8 +238,10 @@ async def test_metrics_count_tokens_and_requests(proxy):
     assert value(after, "edgemeter_generation_tokens_total", lab) - value(before, "edgemeter_generation_tokens_total", lab) == 6
     assert value(after, "edgemeter_inter_token_latency_seconds_count", lab) - \
         value(before, "edgemeter_inter_token_latency_seconds_count", lab) == 5
-    assert value(after, "edgemeter_time_to_first_token_seconds_count", lab) > value(before, "edgemeter_time_to_first_token_seconds_count", lab)
-    assert value(after, "edgemeter_requests_total", {**lab, "status": "200"}) >= 1
+    assert value(after, "edgemeter_time_to_first_token_seconds_count", lab) - \
+        value(before, "edgemeter_time_to_first_token_seconds_count", lab) == 1
+    assert value(after, "edgemeter_requests_total", {**lab, "status": "200"}) - \
+        value(before, "edgemeter_requests_total", {**lab, "status": "200"}) == 1
     assert value(after, "edgemeter_num_requests_running", lab) == 0
 
 

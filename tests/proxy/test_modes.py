@@ -7,13 +7,16 @@ import time
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.radio import LTE, RADIO_PROFILES
+from tests.conftest import request_series
 from tests.fake_upstream import make_app
 
 # 4G without jitter or loss: every delay is exact, so the assertions below are bounds, not timings.
-NETWORKS = {"fixed4g": {"base": "4g", "jitter_ms": 0, "loss": 0.0}}
+NETWORKS = {"fixed4g": {"base": "4g", "jitter_ms": 0, "loss": 0.0},
+            "slow_up": {"up_mbps": 1}}  # no RTT, radio or loss: only the uplink's rate
 MSG = [{"role": "user", "content": "hi"}]
 
 
@@ -85,14 +88,39 @@ async def test_cloud_mode_crosses_the_link_only_at_task_start_and_end(proxy):
     assert r.status == 404 and (await r.json())["error"]["code"] == "session_not_found"
 
 
-async def test_devices_share_a_link_and_radio_metrics_export(proxy):
-    await call(proxy, "hybrid", {"X-Edgemeter-Device": "phone-m"})
-    text = await (await proxy.get("/metrics")).text()
-    lines = [x for x in text.splitlines() if x.startswith("edgemeter_radio_")]
-    assert any(x.startswith('edgemeter_radio_promotions_total{network="fixed4g",radio="lte"}') for x in lines)
-    assert any(x.startswith("edgemeter_radio_energy_joules_total") and 'state="active"' in x for x in lines)
-    assert any(x.startswith("edgemeter_radio_devices{") for x in lines)
-    assert 'direction="up",mode="hybrid"' in text or 'component="propagation"' in text
+async def test_radio_metrics_export_this_devices_promotion_and_energy(proxy):
+    promotions = ("edgemeter_radio_promotions_total", {"network": "fixed4g", "radio": "lte"})
+    joules = ("edgemeter_request_radio_energy_joules_total", request_series("echo", "upstream", "hybrid", "fixed4g"))
+    await proxy.get("/metrics")  # export what earlier tests' radios spent, so the deltas below are this call's
+    before = [REGISTRY.get_sample_value(*s) or 0.0 for s in (promotions, joules)]
+    _, rec = await call(proxy, "hybrid", {"X-Edgemeter-Device": "phone-m"})
+    await proxy.get("/metrics")
+    after = [REGISTRY.get_sample_value(*s) or 0.0 for s in (promotions, joules)]
+    # a fresh device's idle radio is promoted once; the request's joules are exactly its record's
+    assert after[0] - before[0] == 1
+    assert after[1] - before[1] == pytest.approx(rec["radio_j"], rel=1e-9)
+    assert rec["radio_j"] > 0
+
+
+@pytest.mark.parametrize("devices", [("one", "one"), ("one", "two")], ids=["shared", "separate"])
+async def test_one_device_shares_its_link_two_devices_do_not(proxy, devices):
+    """Two 10 kB uploads at once over 1 Mb/s (no RTT: no window, handshake or path delay): on one
+    device the second waits behind the first's serialization, on two devices neither waits."""
+    body = {"messages": [{"role": "user", "content": "x" * 10_000}]}
+    (_, a), (_, b) = await asyncio.gather(*(call(proxy, "hybrid", {"X-Edgemeter-Device": f"link-{d}",
+                                                                   "X-Edgemeter-Network": "slow_up"}, **body)
+                                            for d in devices))
+    nbytes = a["bytes_up"]
+    serialization = (nbytes + -(-nbytes // 1448) * 52) * 8 / 1e6  # TCP/IP framing at the wire rate, by hand
+    first, second = sorted((a, b), key=lambda r: r["net_delay_s"]["queueing"])
+    for r in (a, b):
+        assert r["net_delay_s"]["serialization"] == pytest.approx(serialization, abs=1e-5)  # + 10 Gb/s down
+    assert first["net_delay_s"]["queueing"] == pytest.approx(0, abs=1e-5)  # frames down at 10 Gb/s: under 1 us
+    if devices[0] == devices[1]:  # behind the other's bytes, less the few ms between the two offers
+        assert second["net_delay_s"]["queueing"] == pytest.approx(serialization, abs=0.02)
+        assert second["e2e_s"] - first["e2e_s"] == pytest.approx(serialization, abs=0.02)
+    else:
+        assert second["net_delay_s"]["queueing"] == pytest.approx(0, abs=1e-5)
 
 
 # LTE with its tail timers scaled down 40x (0.25 s in all), so a test can wait a tail out.
