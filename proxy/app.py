@@ -26,6 +26,7 @@ from proxy.config import Config
 from proxy.device import Devices, settle
 from proxy.energy import ComputeEnergy
 from proxy.errors import APIError, bad_request
+from proxy.info import Info
 from proxy.meter import NetTally, RequestLog, RequestMeter, Timeline
 from proxy.profiles import device_energy
 from proxy.router import Route, Router
@@ -34,6 +35,7 @@ log = logging.getLogger("edgemeter")
 CONFIG, ROUTER, LOG, ENERGY = web.AppKey("config", Config), web.AppKey("router", Router), \
     web.AppKey("log", RequestLog), web.AppKey("energy", ComputeEnergy)
 LOADING = web.AppKey("loading", list)
+INFO = web.AppKey("info", Info)
 API_PATHS = ("/v1/", "/edgemeter/")
 VERSION = importlib.metadata.version("edgemeter")
 
@@ -50,11 +52,13 @@ def create_app(config: Config) -> web.Application:
     app[ROUTER] = Router(config, models, Devices.from_config(config))
     app[LOG] = RequestLog(config.server.request_log)
     app[ENERGY] = ComputeEnergy.from_config(config.energy)
+    app[INFO] = Info(config, models, app[ROUTER].devices.presets, app[ENERGY])
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model}", get_model)
     app.router.add_post("/edgemeter/v1/sessions/{session_id}/end", end_session)
+    app.router.add_get("/edgemeter/v1/info", info)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -82,10 +86,11 @@ async def start_backends(app: web.Application) -> None:
         except Exception as e:  # a model that fails to load stays not-ready; the others still serve
             log.error("model %s failed to load: %s", name, e)
     app[LOADING] = [asyncio.create_task(load(n, b)) for n, b in app[ROUTER].backends.items()]
+    app[INFO].start()  # hash the weights once, beside the loading
 
 
 async def stop_backends(app: web.Application) -> None:
-    for task in app[LOADING]:
+    for task in (*app[LOADING], *app[INFO].hashing.values()):
         task.cancel()
     for backend in app[ROUTER].backends.values():
         await backend.close()
@@ -499,6 +504,11 @@ async def end_session(request: web.Request) -> web.Response:
         if out[f"{part}_j"]:
             metrics.DEVICE_ENERGY.labels(s.mode, s.network, part).inc(out[f"{part}_j"])
     return web.json_response(out, dumps=lambda o: orjson.dumps(o).decode())
+
+
+async def info(request: web.Request) -> web.Response:
+    """Provenance: weights' hashes, engines, the effective config and the commit (proxy/info.py)."""
+    return web.json_response(await request.app[INFO].document(), dumps=lambda o: orjson.dumps(o).decode())
 
 
 # --- operations ---

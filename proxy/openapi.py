@@ -164,6 +164,15 @@ def document(models: list[str], networks: list[str], *, api_key: bool, metrics_a
                     "type": "object", "properties": {"final_answer": {"type": "string"}}}}}},
                 "responses": {"200": _json(_ref("SessionRecord"), "The session's totals."),
                               **_errors(400, *auth_errors, 404, 408, 413, 415)}}},
+            "/edgemeter/v1/info": {"get": {
+                "summary": "Provenance: each model's weights hash, format, quantization and engine; the effective "
+                           "config (presets, radio profiles, energy, seed; secrets redacted); the git commit.",
+                "security": secured,
+                "responses": {"200": _json({"type": "object", "required": ["edgemeter", "models", "config"],
+                                            "properties": {"edgemeter": {"type": "object"},
+                                                           "models": {"type": "object"},
+                                                           "config": {"type": "object"}}}, "Provenance."),
+                              **_errors(*auth_errors)}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "security": secured if metrics_auth else [],
                                  "responses": {"200": {"description": "Prometheus text format.",
                                                        "content": {"text/plain": {"schema": {"type": "string"}}}},

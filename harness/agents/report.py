@@ -11,6 +11,7 @@ from pathlib import Path
 
 from harness.agents.passk import mean_pass_at_k
 from harness.agents.results import read_rows
+from harness.common import provenance
 from harness.common.stats import bootstrap_ci, mean, percentile, std
 
 GROUP = ("dataset", "mode", "network", "model")
@@ -106,6 +107,8 @@ def _label(s: dict, keys=("mode", "network", "model")) -> str:
 
 def markdown(sums: list[dict], info: dict, ks: list[int]) -> str:
     lines = ["# Edgemeter harness report", ""]
+    if info.get("provenance"):  # the full block is run.json's "provenance"
+        lines += ["## Provenance", "", *provenance.header(info["provenance"]), ""]
     if info:
         a = info.get("args", {})
         lines += [f"- endpoint: `{a.get('base_url')}`; datasets: {a.get('dataset')}; protocol: {a.get('protocol')}; "

@@ -26,13 +26,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from harness.agents import agent
-from harness.common import datasets
+from harness.common import datasets, provenance
 from harness.agents import grading
 from harness.common.client import OpenAIClient
 from harness.data import Source
 from harness.agents.results import ResultsFile, attempt_key
 from harness.agents.sandbox import Sandbox
-from harness.agents.tools import Toolbox, Workspace
+from harness.agents.tools import SPECS, Toolbox, Workspace
 
 H_MODE, H_NETWORK, H_DEVICE, H_SESSION = ("X-Edgemeter-Mode", "X-Edgemeter-Network", "X-Edgemeter-Device",
                                           "X-Edgemeter-Session")
@@ -275,7 +275,8 @@ async def _run(args) -> int:
         done = results.done_keys()
         jobs = [j for j in plan(tasks, combos, args.n, repeats) if j.key() not in done]
         with Sandbox(concurrency + 1) as sandbox:
-            _write_run_info(out, args, run_mode, combos, ks, sandbox.isolation, sources)
+            prov = await provenance.collect(client, agent=agent_prompts())
+            _write_run_info(out, args, run_mode, combos, ks, sandbox.isolation, sources, prov)
             runner = Runner(args, client, sandbox, results, run_mode)
             print(f"{len(jobs)} attempts to run ({len(done)} already recorded), {len(combos)} sweep point(s), "
                   f"{run_mode} mode; sandbox isolation: {', '.join(sandbox.isolation)}", file=sys.stderr)
@@ -301,11 +302,22 @@ async def _run(args) -> int:
     return 0
 
 
+def agent_prompts() -> dict:
+    """The exact text the agent sends besides the task: system prompts per protocol, the user
+    message template per task kind (rendered from agent.task_message itself) and the tool specs."""
+    def template(dataset: str) -> str:
+        return agent.task_message(datasets.Task(dataset, "", "{prompt}", "", {}))
+    return {"system_prompts": dict(agent._SYSTEM), "task_templates": {"math": template("gsm8k"),
+                                                                      "code": template("mbpp")},
+            "tool_specs": SPECS}
+
+
 def _write_run_info(out: Path, args, run_mode: str, combos: list[Combo], ks: list[int], isolation: list[str],
-                    sources: dict[str, Source]) -> None:
+                    sources: dict[str, Source], prov: dict | None = None) -> None:
     info = {"args": {k: v for k, v in vars(args).items() if k != "api_key"}, "run_mode": run_mode, "k": ks,
             "combos": [asdict(c) for c in combos], "sandbox_isolation": isolation,
-            "datasets": {name: src.record() for name, src in sources.items()}, "written_at": time.time()}
+            "datasets": {name: src.record() for name, src in sources.items()}, "provenance": prov,
+            "written_at": time.time()}
     tmp = out / "run.json.tmp"
     tmp.write_text(json.dumps(info, indent=2))
     os.replace(tmp, out / "run.json")

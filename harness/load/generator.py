@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from harness.common import provenance
 from harness.common.client import CallResult, OpenAIClient
 from harness.common.procs import run_uvloop
 from harness.common.stats import mean, percentile, std
@@ -262,15 +263,8 @@ async def probe_extras(client: OpenAIClient, model: str, headers: dict) -> dict:
 # --- reporting ---
 
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "system": platform.platform(), "python": platform.python_version()}
+    return {"cpu": provenance.cpu_model(), "cores": os.cpu_count(), "system": platform.platform(),
+            "python": platform.python_version()}
 
 
 # --- command line ---
@@ -356,6 +350,7 @@ async def _main(a, argv: list[str], profile: str, slo: dict, percentiles: tuple)
             return result
 
         results = await profiles.profile(profile).benchmarks(a, bench)
+        prov = await provenance.collect(client)
     return {"kind": "edgemeter-load", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "command": " ".join(["python -m harness load", *argv]),
             "machine": machine(),
@@ -364,7 +359,7 @@ async def _main(a, argv: list[str], profile: str, slo: dict, percentiles: tuple)
                        "output_tokens": a.output_tokens, "stream": not a.no_stream, "extras": extras,
                        "headers": headers, "warmup": a.warmup, "max_requests": limits.max_requests,
                        "duration": limits.duration, "goodput": slo, "seed": a.seed},
-            "benchmarks": results}
+            "provenance": prov, "benchmarks": results}
 
 
 def _peak(samples: list[Sample]) -> int:

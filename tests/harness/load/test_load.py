@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import math
 import subprocess
 import sys
@@ -212,6 +213,9 @@ def test_load_runs_direct_and_through_the_proxy_and_compares(servers, tmp_path):
     assert len(rows) == 6 and len(p["requests"]) == 8
     assert all(r["edgemeter"]["mode"] == "hybrid" and r["edgemeter"]["network"] == "local" for r in rows)
     assert (tmp_path / "proxy.csv").read_text().splitlines()[0].startswith("name,profile,")
+    assert via["provenance"]["server"]["models"]["fast"]["base_url"] == upstream  # the proxy's info route
+    assert "answered 404" in direct["provenance"]["server"]["unavailable"]  # the bare upstream has none
+    assert via["provenance"]["host"]["logical_cores"] == os.cpu_count()
 
     table = harness("load", "compare", str(tmp_path / "direct.json"), str(tmp_path / "proxy.json"))
     line = next(x for x in table.splitlines() if x.startswith("| completed"))
