@@ -17,6 +17,7 @@ import asyncio
 import itertools
 import json
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -37,6 +38,7 @@ from harness.agents.tools import SPECS, Toolbox, Workspace
 H_MODE, H_NETWORK, H_DEVICE, H_SESSION = ("X-Edgemeter-Mode", "X-Edgemeter-Network", "X-Edgemeter-Device",
                                           "X-Edgemeter-Session")
 MODES = ("local", "hybrid", "cloud")
+ACCURATE_REPEATS = 3  # spread and CIs across repeats need a few; one repeat is a smoke run
 _ENERGY_KEYS = ("radio_j", "compute_j", "bytes_up", "bytes_down", "cloud_usd", "cloud_j")
 # the proxy's device-energy ledger (proxy.profiles.device_energy), taken whole from the session record
 _DEVICE_KEYS = ("baseline_j", "tools_j", "device_j", "device_profile", "tool_cpu_s")
@@ -92,7 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--run-mode", choices=("accurate", "bulk"), default=None,
       help="default: bulk when --concurrency > 1, else accurate")
     a("--concurrency", type=int, default=1)
-    a("--repeats", type=int, default=1, help="repeats of each sample (accurate mode)")
+    a("--repeats", type=int, default=None,
+      help=f"repeats of each sample (accurate mode; default {ACCURATE_REPEATS}, the report says when fewer ran)")
+    a("--order-seed", type=int, default=None,
+      help="seeds the sweep order: each task's attempts visit the sweep points in a random order, so machine "
+           "drift spreads over every point instead of passing for a mode effect (default: --seed, else 0)")
     a("--warmup", type=int, default=None, help="discarded warm-up attempts per sweep point (default 1 accurate, 0 bulk)")
     a("--timeout", type=float, default=600.0, help="per HTTP call, seconds")
     a("--no-stream", action="store_true")
@@ -254,13 +260,30 @@ def plan(tasks: list[datasets.Task], combos: list[Combo], n: int, repeats: int) 
     return [Job(t, c, s, r) for c in combos for t in tasks for s in range(n) for r in range(repeats)]
 
 
+def interleave(jobs: list[Job], seed: int) -> list[Job]:
+    """A randomized complete block design: one block per (task, sample, repeat), holding that
+    attempt at every sweep point, run back to back in a seeded random order. A slow drift of
+    the machine (heat, a neighbour's load) then lands on every point alike, and the point
+    that runs first changes from block to block. Blocks keep the planned task order."""
+    rng = random.Random(seed)
+    blocks: dict[tuple, list[Job]] = {}
+    for j in jobs:
+        blocks.setdefault((j.task.dataset, j.task.id, j.sample, j.repeat), []).append(j)
+    out = []
+    for block in blocks.values():
+        rng.shuffle(block)
+        out += block
+    return out
+
+
 async def _run(args) -> int:
     ks = [int(k) for k in _csv(args.k)]
     if any(k < 1 or k > args.n for k in ks):
         raise SystemExit(f"every k must be within 1..n (n={args.n}, k={ks})")
     run_mode = args.run_mode or ("bulk" if args.concurrency > 1 else "accurate")
     concurrency = args.concurrency if run_mode == "bulk" else 1
-    repeats = args.repeats if run_mode == "accurate" else 1
+    repeats = (args.repeats or ACCURATE_REPEATS) if run_mode == "accurate" else 1
+    order_seed = args.order_seed if args.order_seed is not None else (args.seed or 0)
     warmup = args.warmup if args.warmup is not None else (1 if run_mode == "accurate" else 0)
     tasks, sources = [], {}
     for name in _csv(args.dataset):
@@ -273,10 +296,12 @@ async def _run(args) -> int:
                             max_connections=max(4, 2 * concurrency)) as client:
         combos = load_combos(args, None if _csv(args.models) else await _default_model(client))
         done = results.done_keys()
-        jobs = [j for j in plan(tasks, combos, args.n, repeats) if j.key() not in done]
+        jobs = [j for j in interleave(plan(tasks, combos, args.n, repeats), order_seed) if j.key() not in done]
         with Sandbox(concurrency + 1) as sandbox:
             prov = await provenance.collect(client, agent=agent_prompts())
-            _write_run_info(out, args, run_mode, combos, ks, sandbox.isolation, sources, prov)
+            _write_run_info(out, args, run_mode, combos, ks, sandbox.isolation, sources, prov,
+                            {"design": "randomized complete block (sweep points shuffled per task attempt)",
+                             "seed": order_seed}, repeats)
             runner = Runner(args, client, sandbox, results, run_mode)
             print(f"{len(jobs)} attempts to run ({len(done)} already recorded), {len(combos)} sweep point(s), "
                   f"{run_mode} mode; sandbox isolation: {', '.join(sandbox.isolation)}", file=sys.stderr)
@@ -313,8 +338,10 @@ def agent_prompts() -> dict:
 
 
 def _write_run_info(out: Path, args, run_mode: str, combos: list[Combo], ks: list[int], isolation: list[str],
-                    sources: dict[str, Source], prov: dict | None = None) -> None:
+                    sources: dict[str, Source], prov: dict | None = None, order: dict | None = None,
+                    repeats: int | None = None) -> None:
     info = {"args": {k: v for k, v in vars(args).items() if k != "api_key"}, "run_mode": run_mode, "k": ks,
+            "repeats": repeats, "order": order,
             "combos": [asdict(c) for c in combos], "sandbox_isolation": isolation,
             "datasets": {name: src.record() for name, src in sources.items()}, "provenance": prov,
             "written_at": time.time()}

@@ -9,6 +9,7 @@ import psutil
 
 from harness.agents import agent, run
 from harness.common import provenance
+from harness.agents.results import read_rows
 from proxy.app import create_app
 from tests.conftest import make_config, wait_ready
 from tests.harness.agents.test_agent import serve
@@ -46,3 +47,39 @@ async def test_a_server_without_the_info_route_is_said_so(aiohttp_server, tmp_pa
     assert await run._run(run.build_parser().parse_args(argv)) == 0
     prov = json.loads((tmp_path / "run.json").read_text())["provenance"]
     assert "answered 404" in prov["server"]["unavailable"] and prov["host"]["cpu_model"]
+
+
+def test_sweep_order_is_a_seeded_randomized_block_design():
+    from harness.common.datasets import Task
+    tasks = [Task("gsm8k", str(i), "q", "1", {}) for i in range(6)]
+    combos = [run.Combo(m, n, "x") for m in ("local", "cloud") for n in ("wifi", "4g")]
+    jobs = run.plan(tasks, combos, 1, 2)
+    a, b, c = run.interleave(jobs, 1), run.interleave(jobs, 1), run.interleave(jobs, 2)
+    assert a == b and a != c and sorted(map(Job_key, a)) == sorted(map(Job_key, jobs))
+    blocks = [a[i:i + 4] for i in range(0, len(a), 4)]  # each (task, sample, repeat) visits every point at once
+    assert all({j.combo for j in blk} == set(combos) and len({(j.task.id, j.repeat) for j in blk}) == 1
+               for blk in blocks)
+    assert [(blk[0].task.id, blk[0].repeat) for blk in blocks] == [(str(i), r) for i in range(6) for r in range(2)]
+    assert len({blk[0].combo for blk in blocks}) > 1  # the point that runs first changes
+
+
+def Job_key(j):
+    return j.key()
+
+
+async def test_run_records_its_order_and_runs_it(aiohttp_server, tmp_path):
+    s, url = await serve(aiohttp_server, [{"content": "FINAL ANSWER: 18"}])
+    argv = ["--base-url", url, "--dataset", "gsm8k", "--data-dir", str(data_dir()), "--ids", "0,1,2",
+            "--out", str(tmp_path), "--modes", "local,cloud", "--networks", "wifi,4g", "--warmup", "0",
+            "--no-progress", "--no-report", "--order-seed", "9"]
+    assert await run._run(run.build_parser().parse_args(argv)) == 0
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert info["order"]["seed"] == 9 and info["repeats"] == run.ACCURATE_REPEATS == 3
+    rows = read_rows(tmp_path / "results.jsonl")
+    got = [(r["task_id"], r["repeat"], r["mode"], r["network"]) for r in rows]
+    combos = [run.Combo(m, n, "scripted") for m in ("local", "cloud") for n in ("wifi", "4g")]
+    from harness.common import datasets
+    tasks = datasets.select(datasets.load("gsm8k", str(data_dir())), ids=["0", "1", "2"])
+    want = [(j.task.id, j.repeat, j.combo.mode, j.combo.network)
+            for j in run.interleave(run.plan(tasks, combos, 1, 3), 9)]
+    assert got == want and len(got) == 3 * 3 * 4
