@@ -59,6 +59,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/v1/models/{model}", get_model)
     app.router.add_post("/edgemeter/v1/sessions/{session_id}/end", end_session)
     app.router.add_get("/edgemeter/v1/info", info)
+    app.router.add_post("/edgemeter/v1/devices/{device_id}/reset", reset_device)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -503,6 +504,13 @@ async def end_session(request: web.Request) -> web.Response:
     for part in ("baseline", "compute", "tools", "radio"):
         if out[f"{part}_j"]:
             metrics.DEVICE_ENERGY.labels(s.mode, s.network, part).inc(out[f"{part}_j"])
+    return web.json_response(out, dumps=lambda o: orjson.dumps(o).decode())
+
+
+async def reset_device(request: web.Request) -> web.Response:
+    """Put a device back to an idle radio and fresh links without waiting out its tail: the
+    harness's --cold-radio between tasks. Its pending tails are settled as run out in full."""
+    out = request.app[ROUTER].devices.reset(request.match_info["device_id"], time.perf_counter())
     return web.json_response(out, dumps=lambda o: orjson.dumps(o).decode())
 
 

@@ -127,6 +127,8 @@ def run_design(info: dict) -> list[str]:
     if info.get("run_mode") == "accurate" and info.get("repeats", (info.get("args") or {}).get("repeats")) == 1:
         lines.append("- **1 repeat per sample**: spread and CIs come from tasks alone, not from repeats "
                      "(accurate mode's default is 3)")
+    if info.get("arrivals"):
+        lines.append(f"- task arrivals: {info['arrivals']['described']}")
     if info.get("order"):
         lines.append(f"- order: {info['order']['design']}, seed {info['order']['seed']}")
     return lines

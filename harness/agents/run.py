@@ -100,12 +100,51 @@ def build_parser() -> argparse.ArgumentParser:
       help="seeds the sweep order: each task's attempts visit the sweep points in a random order, so machine "
            "drift spreads over every point instead of passing for a mode effect (default: --seed, else 0)")
     a("--warmup", type=int, default=None, help="discarded warm-up attempts per sweep point (default 1 accurate, 0 bulk)")
+    a("--task-gap", type=task_gap, default=None, metavar="SECONDS|exp:MEAN",
+      help="think time between a device's tasks: fixed seconds, or exponential with this mean (seeded by "
+           "--order-seed); default: back to back")
+    a("--cold-radio", action="store_true",
+      help="start every task from an idle radio and fresh link: after each task the proxy resets the device "
+           "(POST /edgemeter/v1/devices/ID/reset)")
     a("--timeout", type=float, default=600.0, help="per HTTP call, seconds")
     a("--no-stream", action="store_true")
     a("--transcripts", action="store_true", help="store each attempt's messages in results.jsonl")
     a("--no-progress", action="store_true")
     a("--no-report", action="store_true")
     return p
+
+
+def task_gap(text: str) -> tuple[str, float]:
+    """``2.5`` (fixed seconds) or ``exp:2.5`` (exponential think time with that mean)."""
+    kind, _, value = text.rpartition(":")
+    try:
+        v = float(value)
+    except ValueError:
+        v = -1.0
+    if kind not in ("", "exp") or not v >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give seconds (2.5) or exp:MEAN (exp:2.5)")
+    return (kind or "fixed", v)
+
+
+class Gaps:
+    """Think time before each of a device's tasks after its first, drawn per device from a seeded stream."""
+
+    def __init__(self, spec: tuple[str, float] | None, seed: int):
+        self.spec, self.seed = spec, seed
+        self.rngs: dict[str, random.Random] = {}
+
+    def next(self, device: str) -> float:
+        if self.spec is None:
+            return 0.0
+        kind, v = self.spec
+        rng = self.rngs.setdefault(device, random.Random(f"{self.seed}:{device}"))
+        return rng.expovariate(1 / v) if kind == "exp" and v > 0 else v
+
+    def describe(self) -> str:
+        if self.spec is None:
+            return "back to back"
+        kind, v = self.spec
+        return f"exponential think time, mean {v:g} s" if kind == "exp" else f"fixed gap of {v:g} s"
 
 
 def load_combos(args, default_model: str | None) -> list[Combo]:
@@ -175,6 +214,8 @@ class Runner:
         self.done = self.passed = self.errors = self.tokens = 0
         self.t0 = time.perf_counter()
         self.bar = None
+        self.gaps: Gaps = Gaps(None, 0)
+        self.started: set[str] = set()  # devices that ran a task already (the first one has no gap)
 
     def agent_config(self, combo: Combo, sample: int) -> agent.AgentConfig:
         a = self.args
@@ -182,6 +223,19 @@ class Runner:
                                  max_tokens=a.max_tokens, max_tokens_per_call=a.max_tokens_per_call,
                                  temperature=a.temperature, seed=None if a.seed is None else a.seed + sample,
                                  stream=not a.no_stream)
+
+    async def paced(self, job: Job, device: str) -> dict:
+        """One task as a device's user would send it: after its think time, and (--cold-radio)
+        leaving the device's radio idle and its link fresh for the next."""
+        gap = self.gaps.next(device) if device in self.started else 0.0
+        self.started.add(device)
+        if gap:
+            await asyncio.sleep(gap)
+        row = await self.attempt(job, device)
+        if self.args.cold_radio:
+            row["device_reset"] = await self.client.reset_device(device)
+        row["gap_before_s"] = gap
+        return row
 
     async def attempt(self, job: Job, device: str) -> dict:
         session = uuid.uuid4().hex
@@ -231,11 +285,11 @@ class Runner:
     async def warm_up(self, combos: list[Combo], task: datasets.Task, n: int) -> None:
         for combo in combos:
             for i in range(n):
-                await self.attempt(Job(task, combo, -1 - i, 0), f"{self.args.device}-0")
+                await self.paced(Job(task, combo, -1 - i, 0), f"{self.args.device}-0")
 
     async def run_accurate(self, jobs: list[Job]) -> None:
         for job in jobs:
-            self.record(await self.attempt(job, f"{self.args.device}-0"))
+            self.record(await self.paced(job, f"{self.args.device}-0"))
 
     async def run_bulk(self, jobs: list[Job], concurrency: int) -> None:
         queue: asyncio.Queue[Job] = asyncio.Queue()
@@ -244,7 +298,7 @@ class Runner:
 
         async def agent_slot(slot: int) -> None:
             while not queue.empty():
-                self.record(await self.attempt(queue.get_nowait(), f"{self.args.device}-{slot}"))
+                self.record(await self.paced(queue.get_nowait(), f"{self.args.device}-{slot}"))
         await asyncio.gather(*(agent_slot(i) for i in range(concurrency)))
 
 
@@ -301,8 +355,10 @@ async def _run(args) -> int:
             prov = await provenance.collect(client, agent=agent_prompts())
             _write_run_info(out, args, run_mode, combos, ks, sandbox.isolation, sources, prov,
                             {"design": "randomized complete block (sweep points shuffled per task attempt)",
-                             "seed": order_seed}, repeats)
+                             "seed": order_seed}, repeats,
+                            arrivals(args, order_seed))
             runner = Runner(args, client, sandbox, results, run_mode)
+            runner.gaps = Gaps(args.task_gap, order_seed)
             print(f"{len(jobs)} attempts to run ({len(done)} already recorded), {len(combos)} sweep point(s), "
                   f"{run_mode} mode; sandbox isolation: {', '.join(sandbox.isolation)}", file=sys.stderr)
             if jobs and warmup:
@@ -327,6 +383,15 @@ async def _run(args) -> int:
     return 0
 
 
+def arrivals(args, seed: int) -> dict:
+    """run.json's record of how tasks arrived, and the sentence the report prints."""
+    gap = args.task_gap
+    return {"task_gap": None if gap is None else {"kind": gap[0], "seconds": gap[1]}, "cold_radio": args.cold_radio,
+            "described": Gaps(gap, seed).describe()
+            + ("; every task from an idle radio and a fresh link (device reset after each)" if args.cold_radio
+               else "")}
+
+
 def agent_prompts() -> dict:
     """The exact text the agent sends besides the task: system prompts per protocol, the user
     message template per task kind (rendered from agent.task_message itself) and the tool specs."""
@@ -339,9 +404,9 @@ def agent_prompts() -> dict:
 
 def _write_run_info(out: Path, args, run_mode: str, combos: list[Combo], ks: list[int], isolation: list[str],
                     sources: dict[str, Source], prov: dict | None = None, order: dict | None = None,
-                    repeats: int | None = None) -> None:
+                    repeats: int | None = None, arrivals: dict | None = None) -> None:
     info = {"args": {k: v for k, v in vars(args).items() if k != "api_key"}, "run_mode": run_mode, "k": ks,
-            "repeats": repeats, "order": order,
+            "repeats": repeats, "order": order, "arrivals": arrivals,
             "combos": [asdict(c) for c in combos], "sandbox_isolation": isolation,
             "datasets": {name: src.record() for name, src in sources.items()}, "provenance": prov,
             "written_at": time.time()}
