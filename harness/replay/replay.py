@@ -273,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--task-gap", type=task_gap, default=None, metavar="SECONDS|exp:MEAN",
       help="think time between a device's sessions instead of the recorded gap (as harness run's)")
     a("--cold-radio", action="store_true", help="each session on a fresh link and idle radio (as harness run's)")
+    a("--live", metavar="BASE_URL", help="send the sessions to this live server at their recorded pacing, as "
+                                          "load (harness.replay.live), instead of costing them on the simulator")
+    a("--api-key", help="with --live")
+    a("--model", help="with --live: the model to ask (default: the server's first)")
     a("--no-report", action="store_true")
     a("--no-plots", action="store_true")
     return p
@@ -285,6 +289,31 @@ def _source_info(paths: list[str]) -> dict:
         if (d / "run.json").exists():
             return json.loads((d / "run.json").read_text())
     return {}
+
+
+def _live(args, argv: list[str]) -> int:
+    import asyncio
+
+    from harness.common import provenance
+    from harness.common.client import OpenAIClient
+    from harness.replay.live import replay_live
+    sessions = [s for path in args.traces for s in tr.load(path)]
+    if not sessions:
+        raise SystemExit("replay: no sessions in the traces")
+
+    async def go():
+        result = await replay_live(sessions, args.live, api_key=args.api_key, model=args.model, seed=args.seed)
+        async with OpenAIClient(args.live, api_key=args.api_key) as c:
+            return result, await provenance.collect(c)
+    result, prov = asyncio.run(go())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "live.json").write_text(json.dumps({"kind": "edgemeter-live-replay", "command": argv,
+                                               "provenance": prov, "benchmarks": [result]}, indent=2, default=str))
+    print(f"{result['sessions']} sessions, {result['turns']} turns: {result['completed']} completed, "
+          f"{result['failed']} failed; sent at most {result['late_s_max'] * 1000:.1f} ms after their recorded "
+          f"pacing; wrote {out / 'live.json'}")
+    return 0 if not result["failed"] else 1
 
 
 def main(argv: list[str]) -> int:
@@ -310,6 +339,8 @@ def main(argv: list[str]) -> int:
     device = {"device": args.device_profile} if args.device_profile else {}
     energy = ComputeEnergy.from_config({**(config.energy if config else {}), "method": "estimate", **device})
 
+    if args.live:
+        return _live(args, argv)
     sessions = []
     for path in args.traces:
         try:
