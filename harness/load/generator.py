@@ -45,7 +45,7 @@ from typing import Callable
 
 from harness.common import provenance
 from harness.common.client import CallResult, OpenAIClient
-from harness.common.procs import run_uvloop
+from harness.common.procs import StartedProxy, run_uvloop
 from harness.common.stats import mean, percentile, std
 from harness.load import profiles
 from harness.load.outputs import compare, console, csv, json
@@ -355,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", help="X-Edgemeter-Mode: local | hybrid | cloud")
     p.add_argument("--network", help="X-Edgemeter-Network preset, e.g. local, wifi, 4g")
     p.add_argument("--device", help="X-Edgemeter-Device")
+    p.add_argument("--start-proxy", metavar="CONFIG",
+                   help="start the Edgemeter proxy on this config.yaml for the run (--base-url is then ignored); "
+                        "every benchmark row gets its model load time (proxy_startup_s) and peak RSS")
     p.add_argument("--header", action="append", default=[], metavar="NAME:VALUE", help="extra header (repeatable)")
     p.add_argument("--goodput", nargs="+", metavar="METRIC:MS", help="SLOs, e.g. ttft:200 tpot:50 e2el:5000")
     p.add_argument("--percentiles", default="90,99", help="besides the median (default 90,99)")
@@ -373,7 +376,7 @@ def specs_for(a) -> str:
     return "concurrent" if a.concurrency else "synchronous"
 
 
-async def _main(a, argv: list[str], profile: str, slo: dict, percentiles: tuple) -> dict:
+async def _main(a, argv: list[str], profile: str, slo: dict, percentiles: tuple, started=None) -> dict:
     headers = {k: v for k, v in ((H_MODE, a.mode), (H_NETWORK, a.network), (H_DEVICE, a.device)) if v}
     for h in a.header:
         name, sep, value = h.partition(":")
@@ -399,12 +402,16 @@ async def _main(a, argv: list[str], profile: str, slo: dict, percentiles: tuple)
 
         async def bench(spec: Spec) -> dict:
             print(f"-- {spec.name} ...", file=sys.stderr, flush=True)
+            if started:
+                started.reset_peak()
             samples = await run(client, spec, body, limits, headers=headers, seed=a.seed, devices=a.devices,
                                 ramp_up_s=a.ramp_up)
             peak = _peak(samples)
             result = {"name": spec.name, "profile": spec.profile, "request_rate": spec.rate,
                       "max_concurrency": spec.cap, "burstiness": spec.burstiness, "max_concurrent_requests": peak,
                       **summarize(samples, slo, percentiles)}
+            if started:  # the proxy this command started: its model load time, its memory under this load
+                result.update(proxy_startup_s=started.startup_s, proxy_peak_rss_bytes=started.peak_rss())
             if a.save_detailed:
                 result["requests"] = [s.row() for s in samples]
             return result
@@ -436,8 +443,16 @@ def main(argv: list[str]) -> int:
     try:
         slo = parse_goodput(a.goodput)
         percentiles = tuple(float(x) for x in a.percentiles.split(",") if x.strip())
-        doc = run_uvloop(_main(a, argv, specs_for(a), slo, percentiles))
-    except (ValueError, RuntimeError) as e:
+        started = None
+        if a.start_proxy:
+            started = StartedProxy(a.start_proxy)
+            a.base_url = f"{started.root}/v1"
+        try:
+            doc = run_uvloop(_main(a, argv, specs_for(a), slo, percentiles, started))
+        finally:
+            if started:
+                started.close()
+    except (ValueError, RuntimeError, TimeoutError) as e:
         print(f"load: {e}", file=sys.stderr)
         return 2
     print(console.render(doc["benchmarks"], percentiles))
