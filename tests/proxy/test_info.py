@@ -64,3 +64,21 @@ def test_checkout_commit_and_dirty_flag(tmp_path):
     (tmp_path / "a.txt").write_text("two\n")
     assert checkout(tmp_path)["dirty"] is True
     assert checkout(tmp_path / "nowhere")["commit"] is None
+
+
+async def test_info_asks_an_upstream_for_its_version(proxy_client, aiohttp_server):
+    from aiohttp import web
+    seen = []
+
+    async def version(request):
+        seen.append(request.headers.get("Authorization"))
+        return web.json_response({"version": "0.9.1"})
+    app = web.Application()
+    app.router.add_get("/version", version)
+    up = await aiohttp_server(app)
+    client = await proxy_client({"vllm": {"backend": "upstream", "base_url": str(up.make_url("/v1")),
+                                          "api_key": "upstream-secret-key"}})
+    for _ in range(2):
+        m = (await (await client.get("/edgemeter/v1/info")).json())["models"]["vllm"]
+        assert (m["engine"], m["engine_version"]) == ("upstream", "0.9.1")
+    assert seen == ["Bearer upstream-secret-key"]  # asked once, with the upstream's own key
