@@ -25,6 +25,7 @@ from proxy.config import MODE_PLACEMENT, Config
 from proxy.device import Devices, settle
 from proxy.energy import ComputeEnergy
 from proxy.errors import APIError, bad_request
+from proxy.info import Info
 from proxy.meter import NetTally, RequestLog, RequestMeter, Timeline
 from proxy.profiles import device_energy
 from proxy.router import Route, Router, build_models, engines
@@ -33,6 +34,7 @@ log = logging.getLogger("edgemeter")
 CONFIG, ROUTER, LOG, ENERGY = web.AppKey("config", Config), web.AppKey("router", Router), \
     web.AppKey("log", RequestLog), web.AppKey("energy", ComputeEnergy)
 LOADING = web.AppKey("loading", list)
+INFO = web.AppKey("info", Info)
 API_PATHS = ("/v1/", "/edgemeter/")
 VERSION = importlib.metadata.version("edgemeter")
 
@@ -43,11 +45,14 @@ def create_app(config: Config) -> web.Application:
     app[ROUTER] = Router(config, build_models(config), Devices.from_config(config))
     app[LOG] = RequestLog(config.server.request_log)
     app[ENERGY] = ComputeEnergy.from_config(config.energy)
+    app[INFO] = Info(config, engines(app[ROUTER].models), app[ROUTER].devices.presets, app[ENERGY])
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model}", get_model)
     app.router.add_post("/edgemeter/v1/sessions/{session_id}/end", end_session)
+    app.router.add_get("/edgemeter/v1/info", info)
+    app.router.add_post("/edgemeter/v1/devices/{device_id}/reset", reset_device)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -70,10 +75,11 @@ async def start_backends(app: web.Application) -> None:
         except Exception as e:  # a model that fails to load stays not-ready; the others still serve
             log.error("model %s failed to load: %s", served.key, e)
     app[LOADING] = [asyncio.create_task(load(n, s)) for n, s in engines(app[ROUTER].models)]
+    app[INFO].start()  # hash the weights once, beside the loading
 
 
 async def stop_backends(app: web.Application) -> None:
-    for task in app[LOADING]:
+    for task in (*app[LOADING], *app[INFO].hashing.values()):
         task.cancel()
     for _, served in engines(app[ROUTER].models):
         await served.backend.close()
@@ -503,6 +509,18 @@ async def end_session(request: web.Request) -> web.Response:
         if out[f"{part}_j"]:
             metrics.DEVICE_ENERGY.labels(s.mode, s.network, part).inc(out[f"{part}_j"])
     return web.json_response(out, dumps=lambda o: orjson.dumps(o).decode())
+
+
+async def reset_device(request: web.Request) -> web.Response:
+    """Put a device back to an idle radio and fresh links without waiting out its tail: the
+    harness's --cold-radio between tasks. Its pending tails are settled as run out in full."""
+    out = request.app[ROUTER].devices.reset(request.match_info["device_id"], time.perf_counter())
+    return web.json_response(out, dumps=lambda o: orjson.dumps(o).decode())
+
+
+async def info(request: web.Request) -> web.Response:
+    """Provenance: weights' hashes, engines, the effective config and the commit (proxy/info.py)."""
+    return web.json_response(await request.app[INFO].document(), dumps=lambda o: orjson.dumps(o).decode())
 
 
 # --- operations ---

@@ -98,6 +98,21 @@ class Devices:
             self.devices.move_to_end(key)
         return dev
 
+    def reset(self, device_id: str, now: float) -> dict:
+        """Start the device over, as after a long idle spell: each of its links' pending radio tail
+        runs out whole (charged to its request, as if nothing cut it: no real-time wait), the
+        counters take it, and the link is dropped, so the next request finds an idle radio, a new
+        connection (handshake) and a fresh congestion window."""
+        out = {"device": device_id, "links": [], "tail_settled_j": 0.0}
+        for key in [k for k in self.devices if k[0] == device_id]:
+            dev = self.devices.pop(key)
+            radio = dev.link.radio
+            before = radio.non_idle_j
+            dev.export(max(now, radio.quiet_at or now))
+            out["links"].append(key[1])
+            out["tail_settled_j"] += radio.non_idle_j - before
+        return out
+
     def export(self, now: float) -> None:
         """Publish every radio's totals and how many devices sit in each state (on /metrics scrape)."""
         counts: dict[tuple[str, str, str], int] = {}

@@ -177,6 +177,26 @@ def document(models: list[str], networks: list[str], *, api_key: bool, metrics_a
                     "type": "object", "properties": {"final_answer": {"type": "string"}}}}}},
                 "responses": {"200": _json(_ref("SessionRecord"), "The session's totals."),
                               **_errors(400, *auth_errors, 404, 408, 413, 415)}}},
+            "/edgemeter/v1/devices/{device_id}/reset": {"post": {
+                "summary": "Put a simulated device back to an idle radio and fresh links: its pending radio tail is "
+                           "settled as run out in full (no real-time wait), its links dropped.",
+                "security": secured,
+                "parameters": [{"name": "device_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": _json({"type": "object", "required": ["device", "links", "tail_settled_j"],
+                                            "properties": {"device": {"type": "string"},
+                                                           "links": {"type": "array", "items": {"type": "string"}},
+                                                           "tail_settled_j": {"type": "number"}}},
+                                           "What was reset."),
+                              **_errors(*auth_errors)}}},
+            "/edgemeter/v1/info": {"get": {
+                "summary": "Provenance: each model's weights hash, format, quantization and engine; the effective "
+                           "config (presets, radio profiles, energy, seed; secrets redacted); the git commit.",
+                "security": secured,
+                "responses": {"200": _json({"type": "object", "required": ["edgemeter", "models", "config"],
+                                            "properties": {"edgemeter": {"type": "object"},
+                                                           "models": {"type": "object"},
+                                                           "config": {"type": "object"}}}, "Provenance."),
+                              **_errors(*auth_errors)}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "security": secured if metrics_auth else [],
                                  "responses": {"200": {"description": "Prometheus text format.",
                                                        "content": {"text/plain": {"schema": {"type": "string"}}}},

@@ -10,9 +10,10 @@ from collections import defaultdict
 from pathlib import Path
 
 from harness.agents import where
-from harness.agents.passk import mean_pass_at_k
+from harness.agents.passk import mean_pass_at_k, pass_at_k
 from harness.agents.results import read_rows
-from harness.common.stats import bootstrap_ci, mean, percentile, std
+from harness.common import provenance
+from harness.common.stats import bootstrap_ci, cluster_bootstrap_ci, mean, pass_at_k_ci, percentile, std
 
 GROUP = ("dataset", "mode", "network", "model")
 
@@ -37,6 +38,19 @@ def _rate(rows: list[dict], key: str, value=True) -> float | None:
     return mean([float(v) for v in vals]) if vals else None
 
 
+def _task_clusters(rows: list[dict], key: str) -> list[list[float]]:
+    """``key``'s values grouped by task: a task's samples and repeats resample together."""
+    out: dict[tuple, list[float]] = defaultdict(list)
+    for r in rows:
+        if r.get(key) is not None:
+            out[(r["dataset"], r["task_id"])].append(float(r[key]))
+    return list(out.values())
+
+
+def _ci(ci) -> list | None:
+    return list(ci) if ci else None
+
+
 def summarise(rows: list[dict], ks: list[int]) -> dict:
     passed = [float(bool(r["passed"])) for r in rows]
     solved = int(sum(passed))
@@ -52,15 +66,18 @@ def summarise(rows: list[dict], ks: list[int]) -> dict:
     completion = sum(_vals(rows, "completion_tokens"))
     starts = [r["started_at"] for r in rows if r.get("started_at")]
     makespan = max((r["started_at"] + r["wall_s"] for r in rows), default=0) - min(starts, default=0)
-    ci = bootstrap_ci(passed)
+    ci = cluster_bootstrap_ci(_task_clusters([{**r, "passed": float(bool(r["passed"]))} for r in rows], "passed"))
+    counts = [(len(v), sum(v)) for v in by_task.values()]
     s = {
         "attempts": len(rows), "tasks": len(by_task), "solved": solved,
         "errors": sum(r.get("error") is not None for r in rows),
         "accuracy": mean(passed), "accuracy_std": std(passed),
         "accuracy_ci95": list(ci) if ci else None,
-        **{f"pass@{k}": mean_pass_at_k(((len(v), sum(v)) for v in by_task.values()), k) for k in ks},
+        "accuracy_ci95_attempts": _ci(bootstrap_ci(passed)),  # attempts as if independent: too narrow, for contrast
+        **{f"pass@{k}": mean_pass_at_k(counts, k) for k in ks},
+        **{f"pass@{k}_ci95": _ci(pass_at_k_ci(counts, k, pass_at_k)) for k in ks},
         "wall_s_mean": mean(wall), "wall_s_std": std(wall),
-        "wall_s_ci95": list(bootstrap_ci(wall) or []) or None,
+        "wall_s_ci95": _ci(cluster_bootstrap_ci(_task_clusters(rows, "wall_s"))),
         "wall_s_p50": percentile(wall, 50), "wall_s_p90": percentile(wall, 90), "wall_s_p99": percentile(wall, 99),
         "ttft_s_p50": percentile(_calls(rows, "ttft_s"), 50), "ttft_s_p95": percentile(_calls(rows, "ttft_s"), 95),
         "proxy_ttft_s_p50": percentile(_calls(rows, "ttft_s", proxy=True), 50),
@@ -74,7 +91,7 @@ def summarise(rows: list[dict], ks: list[int]) -> dict:
         "net_delay_s_mean": mean(net) if net else None,
         "net_share": sum(net) / sum(wall) if net and sum(wall) else None,
         "energy_j_mean": mean(energy) if energy else None, "energy_j_std": std(energy) if energy else None,
-        "energy_j_ci95": list(bootstrap_ci(energy) or []) or None,
+        "energy_j_ci95": _ci(cluster_bootstrap_ci(_task_clusters(metered, "energy_j"))),
         **{f"{part}_j_mean": mean(_vals(metered, f"{part}_j")) if metered else None
            for part in ("baseline", "compute", "tools", "radio")},
         "cloud_usd_mean": mean(_vals(metered, "cloud_usd")) if metered else None,
@@ -118,16 +135,33 @@ def _label(s: dict, keys=("mode", "network", "model")) -> str:
     return " / ".join(str(s[k]) if s[k] is not None else "-" for k in keys)
 
 
+def run_design(info: dict) -> list[str]:
+    """How the run was paced and ordered, and a warning when accurate mode ran one repeat."""
+    lines = []
+    if info.get("run_mode") == "accurate" and info.get("repeats", (info.get("args") or {}).get("repeats")) == 1:
+        lines.append("- **1 repeat per sample**: spread and CIs come from tasks alone, not from repeats "
+                     "(accurate mode's default is 3)")
+    if info.get("arrivals"):
+        lines.append(f"- task arrivals: {info['arrivals']['described']}")
+    if info.get("order"):
+        lines.append(f"- order: {info['order']['design']}, seed {info['order']['seed']}")
+    return lines
+
+
 def markdown(sums: list[dict], info: dict, ks: list[int]) -> str:
     lines = ["# Edgemeter harness report", ""]
+    if info.get("provenance"):  # the full block is run.json's "provenance"
+        lines += ["## Provenance", "", *provenance.header(info["provenance"]), ""]
     if info:
         a = info.get("args", {})
         lines += [f"- endpoint: `{a.get('base_url')}`; datasets: {a.get('dataset')}; protocol: {a.get('protocol')}; "
-                  f"run mode: {info.get('run_mode')}; samples per task: {a.get('n')}; repeats: {a.get('repeats')}; "
+                  f"run mode: {info.get('run_mode')}; samples per task: {a.get('n')}; repeats: {info.get('repeats', a.get('repeats'))}; "
                   f"temperature: {a.get('temperature')}; max turns: {a.get('max_turns')}; "
                   f"max tokens per task: {a.get('max_tokens')}",
+                  *run_design(info),
                   f"- sandbox isolation: {', '.join(info.get('sandbox_isolation') or []) or 'n/a'}",
-                  "- accuracy CI: bootstrap 95% over attempts; energy n/a when the endpoint sends no "
+                  "- CIs: bootstrap 95% over tasks (a task's samples and repeats resampled together), "
+                  "pass@k's too; energy n/a when the endpoint sends no "
                   "`edgemeter` record (not the Edgemeter proxy)", ""]
     pk = [f"pass@{k}" for k in ks]
     head = ["dataset", "mode / network / model", "attempts", "accuracy [95% CI]", *pk, "wall s p50 / p90",
@@ -136,7 +170,9 @@ def markdown(sums: list[dict], info: dict, ks: list[int]) -> str:
     for s in sums:
         ci = s["accuracy_ci95"]
         acc = f"{_fmt(s['accuracy'])} [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else _fmt(s["accuracy"])
-        row = [s["dataset"], _label(s), f"{s['attempts']} ({s['errors']} err)", acc, *[_fmt(s[p]) for p in pk],
+        row = [s["dataset"], _label(s), f"{s['attempts']} ({s['errors']} err)", acc,
+               *[_fmt(s[p]) + (f" [{_fmt(s[p + '_ci95'][0])}, {_fmt(s[p + '_ci95'][1])}]" if s[p + "_ci95"] else "")
+                 for p in pk],
                f"{_fmt(s['wall_s_p50'])} / {_fmt(s['wall_s_p90'])}", _fmt(s["ttft_s_p50"]),
                f"{_fmt(s['prompt_tokens_mean'])} / {_fmt(s['completion_tokens_mean'])}", _fmt(s["net_share"]),
                _fmt(s["energy_j_mean"]) + (f" ± {_fmt(s['energy_j_std'])}" if s["energy_j_std"] else ""),

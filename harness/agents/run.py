@@ -17,6 +17,7 @@ import asyncio
 import itertools
 import json
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -26,17 +27,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from harness.agents import agent
-from harness.common import datasets
+from harness.common import datasets, provenance
 from harness.agents import grading
 from harness.common.client import OpenAIClient, add_api_key_argument
 from harness.data import Source
 from harness.agents.results import ResultsFile, attempt_key
 from harness.agents.sandbox import Limits, Sandbox, SandboxUnavailable
-from harness.agents.tools import Toolbox, Workspace
+from harness.agents.tools import SPECS, Toolbox, Workspace
 
 H_MODE, H_NETWORK, H_DEVICE, H_SESSION = ("X-Edgemeter-Mode", "X-Edgemeter-Network", "X-Edgemeter-Device",
                                           "X-Edgemeter-Session")
 MODES = ("local", "hybrid", "cloud")
+ACCURATE_REPEATS = 3  # spread and CIs across repeats need a few; one repeat is a smoke run
 _ENERGY_KEYS = ("radio_j", "compute_j", "bytes_up", "bytes_down", "cloud_usd", "cloud_j")
 # the proxy's device-energy ledger (proxy.profiles.device_energy), taken whole from the session record
 _DEVICE_KEYS = ("baseline_j", "tools_j", "device_j", "device_profile", "tool_cpu_s")
@@ -101,8 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
     a("--run-mode", choices=("accurate", "bulk"), default=None,
       help="default: bulk when --concurrency > 1, else accurate")
     a("--concurrency", type=int, default=1)
-    a("--repeats", type=int, default=1, help="repeats of each sample (accurate mode)")
+    a("--repeats", type=int, default=None,
+      help=f"repeats of each sample (accurate mode; default {ACCURATE_REPEATS}, the report says when fewer ran)")
+    a("--order-seed", type=int, default=None,
+      help="seeds the sweep order: each task's attempts visit the sweep points in a random order, so machine "
+           "drift spreads over every point instead of passing for a mode effect (default: --seed, else 0)")
     a("--warmup", type=int, default=None, help="discarded warm-up attempts per sweep point (default 1 accurate, 0 bulk)")
+    a("--task-gap", type=task_gap, default=None, metavar="SECONDS|exp:MEAN",
+      help="think time between a device's tasks: fixed seconds, or exponential with this mean (seeded by "
+           "--order-seed); default: back to back")
+    a("--cold-radio", action="store_true",
+      help="start every task from an idle radio and fresh link: after each task the proxy resets the device "
+           "(POST /edgemeter/v1/devices/ID/reset)")
     a("--timeout", type=float, default=600.0, help="per HTTP call, seconds")
     a("--no-stream", action="store_true")
     a("--transcripts", action="store_true", help="store each attempt's messages in results.jsonl")
@@ -111,6 +123,39 @@ def build_parser() -> argparse.ArgumentParser:
     a("--unsafe-no-sandbox", action="store_true",
       help="run model-written code with no isolation where the sandbox cannot be built (e.g. macOS)")
     return p
+
+
+def task_gap(text: str) -> tuple[str, float]:
+    """``2.5`` (fixed seconds) or ``exp:2.5`` (exponential think time with that mean)."""
+    kind, _, value = text.rpartition(":")
+    try:
+        v = float(value)
+    except ValueError:
+        v = -1.0
+    if kind not in ("", "exp") or not v >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give seconds (2.5) or exp:MEAN (exp:2.5)")
+    return (kind or "fixed", v)
+
+
+class Gaps:
+    """Think time before each of a device's tasks after its first, drawn per device from a seeded stream."""
+
+    def __init__(self, spec: tuple[str, float] | None, seed: int):
+        self.spec, self.seed = spec, seed
+        self.rngs: dict[str, random.Random] = {}
+
+    def next(self, device: str) -> float:
+        if self.spec is None:
+            return 0.0
+        kind, v = self.spec
+        rng = self.rngs.setdefault(device, random.Random(f"{self.seed}:{device}"))
+        return rng.expovariate(1 / v) if kind == "exp" and v > 0 else v
+
+    def describe(self) -> str:
+        if self.spec is None:
+            return "back to back"
+        kind, v = self.spec
+        return f"exponential think time, mean {v:g} s" if kind == "exp" else f"fixed gap of {v:g} s"
 
 
 def load_combos(args, default_model: str | None) -> list[Combo]:
@@ -194,6 +239,8 @@ class Runner:
         self.done = self.passed = self.errors = self.tokens = 0
         self.t0 = time.perf_counter()
         self.bar = None
+        self.gaps: Gaps = Gaps(None, 0)
+        self.started: set[str] = set()  # devices that ran a task already (the first one has no gap)
 
     def agent_config(self, combo: Combo, sample: int) -> agent.AgentConfig:
         a = self.args
@@ -202,6 +249,19 @@ class Runner:
                                  reasoning_budget=a.reasoning_budget, temperature=a.temperature,
                                  seed=None if a.seed is None else a.seed + sample, stream=not a.no_stream,
                                  extra_body=a.extra_body)
+
+    async def paced(self, job: Job, device: str) -> dict:
+        """One task as a device's user would send it: after its think time, and (--cold-radio)
+        leaving the device's radio idle and its link fresh for the next."""
+        gap = self.gaps.next(device) if device in self.started else 0.0
+        self.started.add(device)
+        if gap:
+            await asyncio.sleep(gap)
+        row = await self.attempt(job, device)
+        if self.args.cold_radio:
+            row["device_reset"] = await self.client.reset_device(device)
+        row["gap_before_s"] = gap
+        return row
 
     async def attempt(self, job: Job, device: str) -> dict:
         session = uuid.uuid4().hex
@@ -254,11 +314,11 @@ class Runner:
     async def warm_up(self, combos: list[Combo], task: datasets.Task, n: int) -> None:
         for combo in combos:
             for i in range(n):
-                await self.attempt(Job(task, combo, -1 - i, 0), f"{self.args.device}-0")
+                await self.paced(Job(task, combo, -1 - i, 0), f"{self.args.device}-0")
 
     async def run_accurate(self, jobs: list[Job]) -> None:
         for job in jobs:
-            self.record(await self.attempt(job, f"{self.args.device}-0"))
+            self.record(await self.paced(job, f"{self.args.device}-0"))
 
     async def run_bulk(self, jobs: list[Job], concurrency: int) -> None:
         queue: asyncio.Queue[Job] = asyncio.Queue()
@@ -267,7 +327,7 @@ class Runner:
 
         async def agent_slot(slot: int) -> None:
             while not queue.empty():
-                self.record(await self.attempt(queue.get_nowait(), f"{self.args.device}-{slot}"))
+                self.record(await self.paced(queue.get_nowait(), f"{self.args.device}-{slot}"))
         await asyncio.gather(*(agent_slot(i) for i in range(concurrency)))
 
 
@@ -283,13 +343,30 @@ def plan(tasks: list[datasets.Task], combos: list[Combo], n: int, repeats: int) 
     return [Job(t, c, s, r) for c in combos for t in tasks for s in range(n) for r in range(repeats)]
 
 
+def interleave(jobs: list[Job], seed: int) -> list[Job]:
+    """A randomized complete block design: one block per (task, sample, repeat), holding that
+    attempt at every sweep point, run back to back in a seeded random order. A slow drift of
+    the machine (heat, a neighbour's load) then lands on every point alike, and the point
+    that runs first changes from block to block. Blocks keep the planned task order."""
+    rng = random.Random(seed)
+    blocks: dict[tuple, list[Job]] = {}
+    for j in jobs:
+        blocks.setdefault((j.task.dataset, j.task.id, j.sample, j.repeat), []).append(j)
+    out = []
+    for block in blocks.values():
+        rng.shuffle(block)
+        out += block
+    return out
+
+
 async def _run(args) -> int:
     ks = [int(k) for k in _csv(args.k)]
     if any(k < 1 or k > args.n for k in ks):
         raise SystemExit(f"every k must be within 1..n (n={args.n}, k={ks})")
     run_mode = args.run_mode or ("bulk" if args.concurrency > 1 else "accurate")
     concurrency = args.concurrency if run_mode == "bulk" else 1
-    repeats = args.repeats if run_mode == "accurate" else 1
+    repeats = (args.repeats or ACCURATE_REPEATS) if run_mode == "accurate" else 1
+    order_seed = args.order_seed if args.order_seed is not None else (args.seed or 0)
     warmup = args.warmup if args.warmup is not None else (1 if run_mode == "accurate" else 0)
     tasks, sources = [], {}
     for name in _csv(args.dataset):
@@ -302,14 +379,19 @@ async def _run(args) -> int:
                             max_connections=max(4, 2 * concurrency)) as client:
         combos = load_combos(args, None if _csv(args.models) else await _default_model(client))
         done = results.done_keys()
-        jobs = [j for j in plan(tasks, combos, args.n, repeats) if j.key() not in done]
+        jobs = [j for j in interleave(plan(tasks, combos, args.n, repeats), order_seed) if j.key() not in done]
         try:
             sandbox = Sandbox(concurrency + 1, unsafe=args.unsafe_no_sandbox)
         except SandboxUnavailable as e:
             raise SystemExit(f"error: {e}") from None
         with sandbox:
-            _write_run_info(out, args, run_mode, combos, ks, sandbox.isolation, sources)
+            prov = await provenance.collect(client, agent=agent_prompts())
+            _write_run_info(out, args, run_mode, combos, ks, sandbox.isolation, sources, prov,
+                            {"design": "randomized complete block (sweep points shuffled per task attempt)",
+                             "seed": order_seed}, repeats,
+                            arrivals(args, order_seed))
             runner = Runner(args, client, sandbox, results, run_mode)
+            runner.gaps = Gaps(args.task_gap, order_seed)
             print(f"{len(jobs)} attempts to run ({len(done)} already recorded), {len(combos)} sweep point(s), "
                   f"{run_mode} mode; sandbox isolation: {', '.join(sandbox.isolation)}", file=sys.stderr)
             if jobs and warmup:
@@ -334,11 +416,33 @@ async def _run(args) -> int:
     return 0
 
 
+def arrivals(args, seed: int) -> dict:
+    """run.json's record of how tasks arrived, and the sentence the report prints."""
+    gap = args.task_gap
+    return {"task_gap": None if gap is None else {"kind": gap[0], "seconds": gap[1]}, "cold_radio": args.cold_radio,
+            "described": Gaps(gap, seed).describe()
+            + ("; every task from an idle radio and a fresh link (device reset after each)" if args.cold_radio
+               else "")}
+
+
+def agent_prompts() -> dict:
+    """The exact text the agent sends besides the task: system prompts per protocol, the user
+    message template per task kind (rendered from agent.task_message itself) and the tool specs."""
+    def template(dataset: str) -> str:
+        return agent.task_message(datasets.Task(dataset, "", "{prompt}", "", {}))
+    return {"system_prompts": {f"{protocol}/{kind}": text for (protocol, kind), text in agent._SYSTEM.items()},
+            "task_templates": {"math": template("gsm8k"), "code": template("mbpp")},
+            "tool_specs": SPECS}
+
+
 def _write_run_info(out: Path, args, run_mode: str, combos: list[Combo], ks: list[int], isolation: list[str],
-                    sources: dict[str, Source]) -> None:
+                    sources: dict[str, Source], prov: dict | None = None, order: dict | None = None,
+                    repeats: int | None = None, arrivals: dict | None = None) -> None:
     info = {"args": {k: v for k, v in vars(args).items() if k != "api_key"}, "run_mode": run_mode, "k": ks,
+            "repeats": repeats, "order": order, "arrivals": arrivals,
             "combos": [asdict(c) for c in combos], "sandbox_isolation": isolation,
-            "datasets": {name: src.record() for name, src in sources.items()}, "written_at": time.time()}
+            "datasets": {name: src.record() for name, src in sources.items()}, "provenance": prov,
+            "written_at": time.time()}
     tmp = out / "run.json.tmp"
     tmp.write_text(json.dumps(info, indent=2))
     os.replace(tmp, out / "run.json")

@@ -144,6 +144,16 @@ class OpenAIClient:
         except aiohttp.ClientError as e:
             return {"error": f"{type(e).__name__}: {e}"}
 
+    async def reset_device(self, device: str) -> dict | None:
+        """Ask Edgemeter to put ``device`` back to an idle radio and fresh links; None when the
+        server has no such endpoint."""
+        url = f"{self._server_root()}/edgemeter/v1/devices/{device}/reset"
+        async with self.session.post(url, headers=self.headers) as resp:
+            if resp.status in (404, 405, 501):
+                return None
+            resp.raise_for_status()
+            return await resp.json()
+
     async def chat(self, body: dict[str, Any], *, headers: dict[str, str] | None = None,
                    on_delta: Callable[[float, dict], None] | None = None) -> CallResult:
         """POST /chat/completions. Streams when ``body["stream"]`` is true (asking for the usage chunk).

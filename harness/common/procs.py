@@ -62,3 +62,55 @@ def run_uvloop(coro):
         return uvloop.run(coro)
     except ImportError:
         return asyncio.run(coro)
+
+
+class StartedProxy:
+    """``python -m proxy --config CONFIG`` on a free port, for commands that start their own:
+    ``startup_s`` is the time to /readyz 200 (its models loaded), ``peak_rss()`` the highest
+    resident memory its process reached since the last ``reset_peak()`` (sampled every 50 ms
+    in a thread, as memory_profiler samples)."""
+
+    def __init__(self, config: str, log=None, sample_s: float = 0.05):
+        import sys
+        import threading
+        self.port = free_port()
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen([sys.executable, "-m", "proxy", "--config", config, "--port", str(self.port)],
+                                     stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self._peak, self._stop = 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, args=(sample_s,), daemon=True)
+        self._thread.start()
+        try:
+            wait_http(f"{self.root}/readyz", self.proc, timeout=300)
+        except BaseException:
+            self.close()
+            raise
+        self.startup_s = time.perf_counter() - t0
+
+    @property
+    def root(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _sample(self, period: float) -> None:
+        import psutil
+        try:
+            p = psutil.Process(self.proc.pid)
+            while not self._stop.wait(period):
+                self._peak = max(self._peak, p.memory_info().rss)
+        except psutil.Error:  # the process ended
+            pass
+
+    def peak_rss(self) -> int:
+        return self._peak
+
+    def reset_peak(self) -> None:
+        self._peak = 0
+
+    def close(self) -> None:
+        self._stop.set()
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

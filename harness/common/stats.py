@@ -66,3 +66,37 @@ def paired_bootstrap_diff(a: Sequence[float], b: Sequence[float], *, level: floa
     d = [x - y for x, y in zip(a, b)]
     ci = bootstrap_ci(d, level=level, resamples=resamples, seed=seed)
     return mean(d), ci[0], ci[1]
+
+
+def cluster_bootstrap_ci(clusters: Sequence[Sequence[float]], *, level: float = 0.95, resamples: int = 2000,
+                         seed: int = 0) -> tuple[float, float] | None:
+    """Percentile bootstrap CI of the pooled mean, resampling whole clusters.
+
+    An agent benchmark's attempts are not independent: the samples and repeats of one task
+    share its difficulty, so resampling attempts understates the spread (a task solved 3 of 3
+    times counts as 3 independent successes). Resampling tasks, each with all its attempts,
+    is the cluster bootstrap (Davison & Hinkley 1997, "Bootstrap Methods and their
+    Application", §3.8; Field & Welsh 2007, JRSS B 69(3), "Bootstrapping clustered data").
+    With one attempt per cluster it draws exactly what ``bootstrap_ci`` draws."""
+    clusters = [list(c) for c in clusters if len(c)]
+    if not clusters:
+        return None
+    rng = random.Random(seed)
+    sums, sizes = [sum(c) for c in clusters], [len(c) for c in clusters]
+    idx = range(len(clusters))
+    stats = []
+    for _ in range(resamples):
+        pick = rng.choices(idx, k=len(clusters))
+        stats.append(sum(sums[i] for i in pick) / sum(sizes[i] for i in pick))
+    stats.sort()
+    tail = (1 - level) / 2 * 100
+    return percentile(stats, tail), percentile(stats, 100 - tail)
+
+
+def pass_at_k_ci(counts: Sequence[tuple[int, int]], k: int, estimator, *, level: float = 0.95,
+                 resamples: int = 2000, seed: int = 0) -> tuple[float, float] | None:
+    """Bootstrap CI of mean pass@k over tasks: each task's (n samples, c passed) gives one
+    ``estimator(n, c, k)`` value (harness.agents.passk.pass_at_k), and tasks are resampled.
+    Tasks with fewer than k samples are left out, as in the point estimate."""
+    return cluster_bootstrap_ci([[estimator(n, c, k)] for n, c in counts if n >= k], level=level,
+                                resamples=resamples, seed=seed)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import math
 import os
 import platform
 import random
@@ -42,8 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from harness.common import provenance
 from harness.common.client import CallResult, OpenAIClient, add_api_key_argument
-from harness.common.procs import run_uvloop
+from harness.common.procs import StartedProxy, run_uvloop
 from harness.common.stats import mean, percentile, std
 from harness.load import profiles
 from harness.load.outputs import compare, console, csv, json
@@ -154,6 +156,9 @@ def summarize(samples: list[Sample], slo: dict[str, float] | None = None, percen
         "request_throughput": rate(len(ok)), "output_throughput": rate(total_out),
         "total_token_throughput": rate(total_in + total_out),
         "request_goodput": rate(sum(s.good(slo) for s in ok)) if slo else None,
+        # the share of all counted requests (failed ones miss every SLO) that met every SLO
+        "slo_attainment_pct": 100 * sum(s.good(slo) for s in ok) / len(measured) if slo and measured else None,
+        **energy(ok, total_out),
     }
     for name, xs in series.items():
         for stat, v in describe(xs, percentiles).items():
@@ -162,14 +167,34 @@ def summarize(samples: list[Sample], slo: dict[str, float] | None = None, percen
     return out
 
 
+def energy(ok: list[Sample], total_out: int) -> dict:
+    """Device energy from Edgemeter's per-request ``edgemeter`` record, when the server sent one:
+    radio (spent by the time the request ended; a tail still running is apart, provisional)
+    and compute, per request and per output token."""
+    recs = [s.result.edgemeter for s in ok if s.result.edgemeter]
+    if not recs:
+        return {"radio_j_per_request": None, "compute_j_per_request": None, "energy_j_per_output_token": None,
+                "radio_tail_provisional_j": None}
+    radio = sum(float(r.get("radio_j") or 0) for r in recs)
+    compute = sum(float(r.get("compute_j") or 0) for r in recs)
+    out_tokens = sum(s.output_tokens for s in ok if s.result.edgemeter)
+    return {"radio_j_per_request": radio / len(recs), "compute_j_per_request": compute / len(recs),
+            "radio_j_per_output_token": radio / out_tokens if out_tokens else None,
+            "compute_j_per_output_token": compute / out_tokens if out_tokens else None,
+            "energy_j_per_output_token": (radio + compute) / out_tokens if out_tokens else None,
+            "radio_tail_provisional_j": sum(float(r.get("radio_tail_provisional_j") or 0) for r in recs)}
+
+
 # --- prompts ---
 
 class Prompts:
     """Request bodies: synthetic word prompts (distinct per request, so no prefix cache helps)
     or GSM8K questions in a seeded order."""
 
-    def __init__(self, dataset: str, input_tokens: int, seed: int, data_dir: str | None = None):
+    def __init__(self, dataset: str, input_tokens: int, seed: int, data_dir: str | None = None,
+                 input_std: float = 0.0):
         self.dataset, self.input_tokens, self.seed = dataset, input_tokens, seed
+        self.input_std = input_std
         self.questions: list[str] = []
         if dataset == "gsm8k":
             from harness.common.datasets import load
@@ -182,7 +207,16 @@ class Prompts:
         if self.questions:
             return [{"role": "user", "content": self.questions[i % len(self.questions)]}]
         rng = random.Random(f"{self.seed}:{i}")
-        return [{"role": "user", "content": " ".join(rng.choices(WORDS, k=self.input_tokens))}]
+        n = length(self.input_tokens, self.input_std, random.Random(f"{self.seed}:in:{i}"))
+        return [{"role": "user", "content": " ".join(rng.choices(WORDS, k=n))}]
+
+
+def length(mean_: int, std_: float, rng: random.Random) -> int:
+    """A request's token count: ``mean_`` exactly, or normal with ``std_``, cut to 1..2 x mean
+    (symmetric, so the mean stays), as GuideLLM's synthetic data's prompt_tokens_stdev."""
+    if not std_:
+        return mean_
+    return int(round(min(2 * mean_, max(1, rng.gauss(mean_, std_)))))
 
 
 # --- running ---
@@ -207,8 +241,14 @@ def parse_warmup(text: str) -> tuple[int, float]:
 
 async def run(client: OpenAIClient, spec: Spec, body: Callable[[int], dict], limits: Limits, *,
               headers: dict | None = None, seed: int = 0,
-              on_delta: Callable[[float, dict], None] | None = None) -> list[Sample]:
-    """Send requests on ``spec``'s schedule until ``limits`` end it; wait for all to finish."""
+              on_delta: Callable[[float, dict], None] | None = None, devices: int = 1,
+              ramp_up_s: float = 0.0) -> list[Sample]:
+    """Send requests on ``spec``'s schedule until ``limits`` end it; wait for all to finish.
+    ``devices`` > 1 spreads them round-robin over that many simulated devices (the
+    X-Edgemeter-Device header, ``<device>-<k>``): each has its own link and radio, so 16
+    streams are 16 phones, not one phone with 16 streams. ``ramp_up_s`` ramps an open-loop
+    rate linearly from 0 to full over that time."""
+    headers = headers or {}
     cap = 1 if spec.profile == "synchronous" else spec.cap
     sem = asyncio.Semaphore(cap) if cap else None
     samples: list[Sample] = []
@@ -218,14 +258,18 @@ async def run(client: OpenAIClient, spec: Spec, body: Callable[[int], dict], lim
     async def one(i: int, warm: bool, b: dict) -> None:
         sent = time.perf_counter()
         try:
-            res = await client.chat(b, headers=headers, on_delta=on_delta)
+            h = {**headers, H_DEVICE: f"{headers.get(H_DEVICE, 'load')}-{i % devices}"} if devices > 1 else headers
+            res = await client.chat(b, headers=h, on_delta=on_delta)
         finally:
             if sem:
                 sem.release()
         samples.append(Sample(i, warm, sent, time.perf_counter(), res, bool(b.get("stream"))))
 
     t0 = time.perf_counter()
-    for i, offset in enumerate(arrivals(spec.profile, spec.rate, burstiness=spec.burstiness, seed=seed)):
+    schedule = arrivals(spec.profile, spec.rate, burstiness=spec.burstiness, seed=seed)
+    if ramp_up_s and spec.rate:
+        schedule = (ramped(s, ramp_up_s) for s in schedule)
+    for i, offset in enumerate(schedule):
         delay = t0 + offset - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -246,6 +290,13 @@ async def run(client: OpenAIClient, spec: Spec, body: Callable[[int], dict], lim
     return sorted(samples, key=lambda s: s.index)
 
 
+def ramped(offset: float, ramp_s: float) -> float:
+    """Where a send at ``offset`` on the full-rate schedule falls when the rate rises linearly
+    from 0 over ``ramp_s``: sends by time t number R t^2 / (2 T) during the ramp, so a send due
+    at s = n / R (s < T / 2) moves to sqrt(2 T s), and later ones by T / 2."""
+    return math.sqrt(2 * ramp_s * offset) if offset < ramp_s / 2 else offset + ramp_s / 2
+
+
 async def probe_extras(client: OpenAIClient, model: str, headers: dict) -> dict:
     """``ignore_eos``/``min_tokens`` make vLLM and SGLang produce exactly max_tokens; servers
     that reject unknown fields answer 400, and then they are left out."""
@@ -262,15 +313,8 @@ async def probe_extras(client: OpenAIClient, model: str, headers: dict) -> dict:
 # --- reporting ---
 
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "system": platform.platform(), "python": platform.python_version()}
+    return {"cpu": provenance.cpu_model(), "cores": os.cpu_count(), "system": platform.platform(),
+            "python": platform.python_version()}
 
 
 # --- command line ---
@@ -294,6 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="holds gsm8k/test.jsonl (default: $EDGEMETER_DATA, else ~/.cache/edgemeter/data)")
     p.add_argument("--input-tokens", type=int, default=128, help="synthetic prompt length")
     p.add_argument("--output-tokens", type=int, default=128, help="max_tokens of every request")
+    p.add_argument("--input-std", type=float, default=0.0,
+                   help="synthetic prompt length's standard deviation (normal, cut to 1..2 x --input-tokens)")
+    p.add_argument("--output-std", type=float, default=0.0,
+                   help="output length's standard deviation (normal, cut to 1..2 x --output-tokens)")
+    p.add_argument("--devices", type=int, default=1,
+                   help="simulated devices the requests are spread over (X-Edgemeter-Device DEVICE-k)")
+    p.add_argument("--ramp-up", type=float, default=0.0,
+                   help="seconds over which a --rate profile's rate rises linearly from 0")
     p.add_argument("--no-ignore-eos", action="store_true", help="never send ignore_eos/min_tokens")
     p.add_argument("--no-stream", action="store_true", help="non-streamed requests (TTFT = E2EL)")
     p.add_argument("--warmup", default="0", help="requests (10) or seconds (5s) sent first and not counted")
@@ -303,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", help="X-Edgemeter-Mode: local | hybrid | cloud")
     p.add_argument("--network", help="X-Edgemeter-Network preset, e.g. local, wifi, 4g")
     p.add_argument("--device", help="X-Edgemeter-Device")
+    p.add_argument("--start-proxy", metavar="CONFIG",
+                   help="start the Edgemeter proxy on this config.yaml for the run (--base-url is then ignored); "
+                        "every benchmark row gets its model load time (proxy_startup_s) and peak RSS")
     p.add_argument("--header", action="append", default=[], metavar="NAME:VALUE", help="extra header (repeatable)")
     p.add_argument("--goodput", nargs="+", metavar="METRIC:MS", help="SLOs, e.g. ttft:200 tpot:50 e2el:5000")
     p.add_argument("--percentiles", default="90,99", help="besides the median (default 90,99)")
@@ -321,7 +376,7 @@ def specs_for(a) -> str:
     return "concurrent" if a.concurrency else "synchronous"
 
 
-async def _main(a, argv: list[str], profile: str, slo: dict, percentiles: tuple) -> dict:
+async def _main(a, argv: list[str], profile: str, slo: dict, percentiles: tuple, started=None) -> dict:
     headers = {k: v for k, v in ((H_MODE, a.mode), (H_NETWORK, a.network), (H_DEVICE, a.device)) if v}
     for h in a.header:
         name, sep, value = h.partition(":")
@@ -330,7 +385,7 @@ async def _main(a, argv: list[str], profile: str, slo: dict, percentiles: tuple)
         headers[name.strip()] = value.strip()
     warm_n, warm_s = parse_warmup(a.warmup)
     limits = Limits(a.max_requests if a.max_requests or a.duration else 100, a.duration, warm_n, warm_s)
-    prompts = Prompts(a.dataset, a.input_tokens, a.seed, a.data_dir)
+    prompts = Prompts(a.dataset, a.input_tokens, a.seed, a.data_dir, a.input_std)
     conns = max(a.concurrency or 0, throughput.cap(a), 100)
     async with OpenAIClient(a.base_url, api_key=a.api_key, timeout_s=a.timeout, max_connections=conns) as client:
         model = a.model or next(iter(await client.models()), None)
@@ -338,33 +393,41 @@ async def _main(a, argv: list[str], profile: str, slo: dict, percentiles: tuple)
             raise RuntimeError(f"{a.base_url}/models lists no model; give --model")
         extras = {} if a.no_ignore_eos else await probe_extras(client, model, headers)
         if extras:
-            extras["min_tokens"] = a.output_tokens
+            extras["min_tokens"] = a.output_tokens  # each request's own length below
 
         def body(i: int) -> dict:
-            return {"model": model, "messages": prompts.messages(i), "max_tokens": a.output_tokens,
-                    "stream": not a.no_stream, **extras}
+            n = length(a.output_tokens, a.output_std, random.Random(f"{a.seed}:out:{i}"))
+            return {"model": model, "messages": prompts.messages(i), "max_tokens": n,
+                    "stream": not a.no_stream, **extras, **({"min_tokens": n} if extras else {})}
 
         async def bench(spec: Spec) -> dict:
             print(f"-- {spec.name} ...", file=sys.stderr, flush=True)
-            samples = await run(client, spec, body, limits, headers=headers, seed=a.seed)
+            if started:
+                started.reset_peak()
+            samples = await run(client, spec, body, limits, headers=headers, seed=a.seed, devices=a.devices,
+                                ramp_up_s=a.ramp_up)
             peak = _peak(samples)
             result = {"name": spec.name, "profile": spec.profile, "request_rate": spec.rate,
                       "max_concurrency": spec.cap, "burstiness": spec.burstiness, "max_concurrent_requests": peak,
                       **summarize(samples, slo, percentiles)}
+            if started:  # the proxy this command started: its model load time, its memory under this load
+                result.update(proxy_startup_s=started.startup_s, proxy_peak_rss_bytes=started.peak_rss())
             if a.save_detailed:
                 result["requests"] = [s.row() for s in samples]
             return result
 
         results = await profiles.profile(profile).benchmarks(a, bench)
+        prov = await provenance.collect(client)
     return {"kind": "edgemeter-load", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "command": " ".join(["python -m harness load", *argv]),
             "machine": machine(),
             "config": {"base_url": a.base_url, "model": model, "dataset": a.dataset,
                        "input_tokens": a.input_tokens if a.dataset == "synthetic" else None,
-                       "output_tokens": a.output_tokens, "stream": not a.no_stream, "extras": extras,
+                       "output_tokens": a.output_tokens, "input_std": a.input_std, "output_std": a.output_std,
+                       "devices": a.devices, "ramp_up_s": a.ramp_up, "stream": not a.no_stream, "extras": extras,
                        "headers": headers, "warmup": a.warmup, "max_requests": limits.max_requests,
                        "duration": limits.duration, "goodput": slo, "seed": a.seed},
-            "benchmarks": results}
+            "provenance": prov, "benchmarks": results}
 
 
 def _peak(samples: list[Sample]) -> int:
@@ -380,8 +443,16 @@ def main(argv: list[str]) -> int:
     try:
         slo = parse_goodput(a.goodput)
         percentiles = tuple(float(x) for x in a.percentiles.split(",") if x.strip())
-        doc = run_uvloop(_main(a, argv, specs_for(a), slo, percentiles))
-    except (ValueError, RuntimeError) as e:
+        started = None
+        if a.start_proxy:
+            started = StartedProxy(a.start_proxy)
+            a.base_url = f"{started.root}/v1"
+        try:
+            doc = run_uvloop(_main(a, argv, specs_for(a), slo, percentiles, started))
+        finally:
+            if started:
+                started.close()
+    except (ValueError, RuntimeError, TimeoutError) as e:
         print(f"load: {e}", file=sys.stderr)
         return 2
     print(console.render(doc["benchmarks"], percentiles))

@@ -52,7 +52,7 @@ from proxy.router import Session as ProxySession
 
 from harness.replay import trace as tr
 from harness.agents import report, where
-from harness.agents.run import task_totals
+from harness.agents.run import Gaps, arrivals, task_gap, task_totals
 from harness.common.stats import mean, percentile
 
 
@@ -63,8 +63,12 @@ def _csv(text: str | None) -> list[str]:
 class Replayer:
     """Replays sessions under one mode and network preset."""
 
-    def __init__(self, mode: str, preset, seed: int | str, energy: ComputeEnergy):
+    def __init__(self, mode: str, preset, seed: int | str, energy: ComputeEnergy, gaps: Gaps | None = None,
+                 cold_radio: bool = False):
         self.mode, self.preset, self.seed, self.energy = mode, preset, seed, energy
+        # as harness run's --task-gap and --cold-radio: drawn think time instead of the recorded
+        # gap, and each session on a fresh link and idle radio (the proxy's device reset)
+        self.gaps, self.cold_radio = gaps, cold_radio
         self.network = preset.name
         self.profile = energy.profile
         # the model on a modelled device: its timing comes from the profile, not the recording
@@ -76,8 +80,12 @@ class Replayer:
         rows = []
         t, base, prev = 0.0, sessions[0].started_at, None
         for s in sessions:
-            if prev is not None:
+            if prev is not None and self.gaps is not None and self.gaps.spec is not None:
+                t += self.gaps.next(device)
+            elif prev is not None:
                 t += max(0.0, s.started_at - prev.recorded_end)  # grading, setup: the recorded gap
+            if prev is not None and self.cold_radio and dev is not None:
+                dev = Device(self.network, self.preset, f"{self.seed}:{device}")  # as the proxy rebuilds it
             row, t = self.session(s, dev, t, base)
             rows.append(row)
             prev = s
@@ -238,13 +246,14 @@ def group_by_device(sessions: list[tr.Session]) -> dict[str, list[tr.Session]]:
 
 
 def sweep(sessions: list[tr.Session], modes: list[str], presets: list, seed: int | str,
-          energy: ComputeEnergy) -> list[dict]:
+          energy: ComputeEnergy, task_gap: tuple[str, float] | None = None, cold_radio: bool = False) -> list[dict]:
     """Every session under every mode x preset."""
     groups = group_by_device(sessions)
     rows = []
     for mode in modes:
         for preset in presets:
-            r = Replayer(mode, preset, seed, energy)
+            # every mode x preset draws the same think times: their comparison is paired
+            r = Replayer(mode, preset, seed, energy, Gaps(task_gap, seed), cold_radio)
             for device, group in groups.items():
                 rows += r.device_rows(device, group)
     return rows
@@ -272,6 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--keep-flagged", action="store_true", help="replay sessions that violate replay's assumptions too "
                                                   "(their rows carry the reasons); default: skip them")
     a("--save-traces", help="also write the loaded sessions as a trace file (harness.replay.trace format)")
+    a("--task-gap", type=task_gap, default=None, metavar="SECONDS|exp:MEAN",
+      help="think time between a device's sessions instead of the recorded gap (as harness run's)")
+    a("--cold-radio", action="store_true", help="each session on a fresh link and idle radio (as harness run's)")
+    a("--live", metavar="BASE_URL", help="send the sessions to this live server at their recorded pacing, as "
+                                          "load (harness.replay.live), instead of costing them on the simulator")
+    a("--api-key", help="with --live")
+    a("--model", help="with --live: the model to ask (default: the server's first)")
     a("--no-report", action="store_true")
     report.add_price_arg(p)
     a("--no-plots", action="store_true")
@@ -330,6 +346,31 @@ def _source_info(paths: list[str]) -> dict:
     return {}
 
 
+def _live(args, argv: list[str]) -> int:
+    import asyncio
+
+    from harness.common import provenance
+    from harness.common.client import OpenAIClient
+    from harness.replay.live import replay_live
+    sessions = [s for path in args.traces for s in tr.load(path)]
+    if not sessions:
+        raise SystemExit("replay: no sessions in the traces")
+
+    async def go():
+        result = await replay_live(sessions, args.live, api_key=args.api_key, model=args.model, seed=args.seed)
+        async with OpenAIClient(args.live, api_key=args.api_key) as c:
+            return result, await provenance.collect(c)
+    result, prov = asyncio.run(go())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "live.json").write_text(json.dumps({"kind": "edgemeter-live-replay", "command": argv,
+                                               "provenance": prov, "benchmarks": [result]}, indent=2, default=str))
+    print(f"{result['sessions']} sessions, {result['turns']} turns: {result['completed']} completed, "
+          f"{result['failed']} failed; sent at most {result['late_s_max'] * 1000:.1f} ms after their recorded "
+          f"pacing; wrote {out / 'live.json'}")
+    return 0 if not result["failed"] else 1
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     t_start = time.perf_counter()
@@ -360,6 +401,8 @@ def main(argv: list[str]) -> int:
     device = {"device": args.device_profile} if args.device_profile else {}
     energy = ComputeEnergy.from_config({**(config.energy if config else {}), "method": "estimate", **device})
 
+    if args.live:
+        return _live(args, argv)
     sessions = []
     for path in args.traces:
         try:
@@ -374,7 +417,7 @@ def main(argv: list[str]) -> int:
     flagged = [s for s in sessions if s.flags]
     usable = [s for s in sessions if not s.flags or (args.keep_flagged and tr.replayable(s))]
     t_loaded = time.perf_counter()
-    rows = sweep(usable, modes, chosen, seed, energy)
+    rows = sweep(usable, modes, chosen, seed, energy, args.task_gap, args.cold_radio)
     t_replayed = time.perf_counter()
 
     out = Path(args.out)
@@ -392,6 +435,8 @@ def main(argv: list[str]) -> int:
                for s in flagged if id(s) not in kept]
     run_info = {"args": info_args, "run_mode": "replay", "k": info.get("k") or [1],
                 "sandbox_isolation": info.get("sandbox_isolation") or [],
+                "arrivals": arrivals(args, seed) if args.task_gap or args.cold_radio else
+                {"task_gap": None, "cold_radio": False, "described": "the recorded gaps between sessions"},
                 "replay": {"argv": argv, "seed": seed, "modes": modes, "networks": names, "radio": args.radio,
                            "compat": args.compat,
                            "sessions": len(sessions), "replayed": len(usable), "skipped": skipped,

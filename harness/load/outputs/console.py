@@ -30,7 +30,13 @@ def render(benchmarks: list[dict], percentiles) -> str:
         head = (f"== {b['name']}: {b['completed']} completed, {b['failed']} failed in {b['duration']:.2f} s; "
                 f"{cell(b['request_throughput'])} req/s, {cell(b['output_throughput'])} output tok/s, "
                 f"{cell(b['total_token_throughput'])} total tok/s"
-                + (f"; goodput {cell(b['request_goodput'])} req/s" if b.get("request_goodput") is not None else ""))
+                + (f"; goodput {cell(b['request_goodput'])} req/s" if b.get("request_goodput") is not None else "")
+                + (f" ({cell(b['slo_attainment_pct'])} % met every SLO)" if b.get("slo_attainment_pct") is not None
+                   else ""))
+        if b.get("radio_j_per_request") is not None:
+            head += (f"\n   device energy: radio {cell(b['radio_j_per_request'])} J + compute "
+                     f"{cell(b['compute_j_per_request'])} J per request; {cell(b['energy_j_per_output_token'])} J "
+                     f"per output token")
         rows = [[m.upper(), *(b[f"{s}_{m}_ms"] for s in ("mean", "median", "std", *p))] for m in METRICS]
         parts += [head, table(["ms", "mean", "median", "std", *p], rows)]
         parts += [f"   error x{n}: {e}" for e, n in b["errors"].items()]

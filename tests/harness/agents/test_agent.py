@@ -268,7 +268,7 @@ async def test_results_rows_record_how_each_answer_was_read(aiohttp_server, tmp_
            {"content": "She makes 9 * 2 = 18 and then", "finish_reason": "length", "record_reasoning_tokens": 5}]
     s, url = await serve(aiohttp_server, gsm)
     argv = ["--base-url", url, "--dataset", "gsm8k", "--data-dir", str(data_dir()), "--ids", "0", "--n", "2",
-            "--out", str(tmp_path / "gsm"), "--no-progress", "--warmup", "0", "--reasoning-budget", "64",
+            "--out", str(tmp_path / "gsm"), "--no-progress", "--warmup", "0", "--repeats", "1", "--reasoning-budget", "64",
             "--extra-body", '{"chat_template_kwargs": {"enable_thinking": true}}']
     assert await run._run(run.build_parser().parse_args(argv)) == 0
     a, b = read_rows(tmp_path / "gsm" / "results.jsonl")
@@ -286,7 +286,7 @@ async def test_results_rows_record_how_each_answer_was_read(aiohttp_server, tmp_
     _, url = await serve(aiohttp_server, [
         {"content": f"```python\n{mbpp.reference}\n{mbpp.data['test_list'][0]}\n```"}, {"content": PARROT}])
     argv = ["--base-url", url, "--dataset", "mbpp", "--data-dir", str(data_dir()), "--ids", "11",
-            "--out", str(tmp_path / "mbpp"), "--no-progress", "--warmup", "0"]
+            "--out", str(tmp_path / "mbpp"), "--no-progress", "--warmup", "0", "--repeats", "1"]
     assert await run._run(run.build_parser().parse_args(argv)) == 0
     (r,) = read_rows(tmp_path / "mbpp" / "results.jsonl")
     assert (r["passed"], r["graded_source"], r["grading_tests_run"], r["ran_grading_tests"]) == (

@@ -14,7 +14,7 @@ from harness.agents.results import attempt_key, read_rows
 from tests.harness_fixtures import ROOT, data_dir, harness_base_url  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
-SHORT = ["--max-turns", "2", "--max-tokens", "96", "--max-tokens-per-call", "64", "--no-progress"]
+SHORT = ["--max-turns", "2", "--max-tokens", "96", "--max-tokens-per-call", "64", "--no-progress", "--repeats", "1"]
 
 
 @pytest.mark.parametrize("dataset,ids", [("gsm8k", "0,1"), ("mbpp", "11,12"), ("humaneval", "0,2")])
@@ -70,7 +70,7 @@ def test_resume_after_kill_loses_nothing_and_repeats_nothing(harness_base_url, t
     argv = [sys.executable, "-c", "import sys, harness.agents.run as r; sys.exit(r.main(sys.argv[1:]))",
             "--base-url", harness_base_url, "--dataset", "gsm8k", "--data-dir", str(data_dir()), "--limit", "6",
             "--seed", "11", "--out", str(out), "--warmup", "0", "--no-report", "--max-turns", "1",
-            "--max-tokens", "24", "--no-progress"]
+            "--max-tokens", "24", "--no-progress", "--repeats", "1"]
     results = out / "results.jsonl"
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

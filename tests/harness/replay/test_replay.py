@@ -234,7 +234,8 @@ async def test_a_live_recording_round_trips_into_replay(aiohttp_server, tmp_path
     await wait_ready(proxy)
     live = tmp_path / "live"
     argv = ["--base-url", str(proxy.make_url("/v1")), "--dataset", "gsm8k", "--data-dir", str(data_dir()),
-            "--ids", "0,1", "--out", str(live), "--modes", "local", "--warmup", "0", "--no-progress", "--no-report"]
+            "--ids", "0,1", "--out", str(live), "--modes", "local", "--warmup", "0", "--no-progress", "--no-report",
+            "--repeats", "1"]
     assert await run._run(run.build_parser().parse_args(argv)) == 0
 
     sessions = tr.validate(tr.load(live))
@@ -372,3 +373,22 @@ def test_recorded_modes_filter_and_pairing_by_session(tmp_path):
     where = json.loads((out / "where.json").read_text())["decisions"][0]
     # one task recorded twice (in local and in hybrid mode): each recording pairs with its own replay
     assert where["pairs"]["local vs cloud"]["pairs"] == 2
+
+
+def test_task_gap_and_cold_radio_pace_sessions_on_the_virtual_clock():
+    lan = presets_from_config({"fixedlan": {"base": "lan", "jitter_ms": 0}})["fixedlan"]  # no radio tail to wait
+    two = [session("a", started_at=1000.0), session("b", started_at=1000.0 + 60.0)]
+
+    def rows(**kw):
+        return replay.sweep(two, ["hybrid"], [lan], 0, ENERGY, **kw)
+    recorded, gapped = rows(), rows(task_gap=("fixed", 1.0))
+    for r in (recorded, gapped):
+        assert r[0]["session_record"]["radio_settle_wait_s"] == 0
+    end_a = gapped[0]["started_at"] + gapped[0]["wall_s"]
+    assert gapped[1]["started_at"] - end_a == pytest.approx(1.0)  # the drawn think time, not the recorded 60 s
+    assert recorded[1]["started_at"] - end_a > 50
+    # 1 s apart the connection is still open (keepalive 5 s); 60 s apart, or reset, it is set up again
+    first_net = [r[1]["llm_calls"][0]["edgemeter"]["net_delay_s"]["total"] for r in
+                 (gapped, rows(task_gap=("fixed", 1.0), cold_radio=True), recorded)]
+    handshake = lan.handshake_rtts * lan.rtt_ms / 1000
+    assert first_net[1] - first_net[0] == pytest.approx(handshake) and first_net[2] == pytest.approx(first_net[1])
