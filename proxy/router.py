@@ -179,9 +179,12 @@ class Router:
         session_id = headers.get(H_SESSION)
         if session_id is not None:
             session_id = self._header(headers, H_SESSION, "")
+        # checked whatever the mode, as every header is: a bad value never passes unnoticed
+        task = self._header(headers, H_TASK, "-") if H_TASK in headers else None
+        scope = self._header(headers, H_AUTO_SCOPE, "call", policy.SCOPES) if H_AUTO_SCOPE in headers else None
         decision = None
         if mode == AUTO:
-            decision = self._auto(headers, body or {}, model, network, device_id, session_id)
+            decision = self._auto(scope, task, body or {}, model, network, device_id, session_id)
         routed = decision["chosen"] if decision else mode
         served = placements.get(MODE_PLACEMENT[routed])
         if served is None:  # never silently: another placement's backend would measure something else
@@ -208,15 +211,14 @@ class Router:
             up = down = None
         return Route(model, served.backend, served, mode, network, device_id, session, up, down, decision)
 
-    def _auto(self, headers, body: dict, model: str, network: str, device_id: str, sid: str | None) -> dict:
+    def _auto(self, scope: str | None, task: str | None, body: dict, model: str, network: str, device_id: str,
+              sid: str | None) -> dict:
         """The policy's decision for this request, or its session's when the session already has one."""
         pol = self.config.auto
         if pol is None:
             raise bad_request(f"header {H_MODE}: auto needs an auto: section (a policy) in the proxy's config "
                               "(see docs/auto.md)", H_MODE, "auto_not_configured")
-        scope = self._header(headers, H_AUTO_SCOPE, pol.scope, policy.SCOPES)
-        scope = scope if sid is not None else "call"  # without a session there is nothing to follow
-        task = self._header(headers, H_TASK, "-") if H_TASK in headers else None
+        scope = (scope or pol.scope) if sid is not None else "call"  # without a session there is nothing to follow
         s = self.sessions.get(sid) if sid is not None else None
         if scope == "session" and s is not None and s.auto is not None:
             decision = s.auto
