@@ -23,8 +23,9 @@ auto    a policy (``--config``'s ``auto:`` section, or ``--auto-table`` from ``h
         picks a mode per session, as the proxy does with ``auto.scope: session``. Replay re-costs
         time and energy but cannot re-grade a task under another placement, so with auto in
         ``--modes`` every mode replays, per task, a recording graded under its own placement
-        (local: a local recording; hybrid and cloud: a hybrid or cloud one), and auto takes the
-        recording of the placement it chose, outcome included. Tasks without recordings of both
+        (local: a local recording; hybrid and cloud: a hybrid or cloud one, preferring one recorded
+        in that mode, then on that network), and auto takes the recording of the placement it
+        chose, outcome included. Tasks without recordings of both
         placements are left out of every mode and listed in run.json. Each session runs on a
         fresh link and idle radio here (no tail carried over from the previous task).
 
@@ -269,10 +270,19 @@ def own_placement_sweep(sessions: list[tr.Session], modes: list[str], presets: l
     """Every task with recordings of both placements, each mode (auto included) replayed from the
     recording graded under the placement it needs (see the module's doc). Returns rows and what
     run.json says about it."""
-    by_task: dict[tuple, dict[str, tr.Session]] = defaultdict(dict)
-    for s in sorted(sessions, key=lambda s: s.started_at):  # the first recording of each placement
-        by_task[_task(s)].setdefault(MODE_PLACEMENT.get(s.mode, s.mode), s)
-    complete = {k: v for k, v in by_task.items() if all(p in v for p in PLACEMENTS)}
+    by_task: dict[tuple, list[tr.Session]] = defaultdict(list)
+    for s in sorted(sessions, key=lambda s: s.started_at):
+        by_task[_task(s)].append(s)
+
+    def placements(recs: list[tr.Session]) -> set[str]:
+        return {MODE_PLACEMENT.get(s.mode, s.mode) for s in recs}
+
+    def recording(recs: list[tr.Session], mode: str, network: str) -> tr.Session:
+        """The recording graded under the mode's placement, closest to what is replayed: recorded in
+        that mode, then on that network, then the earliest."""
+        own = [s for s in recs if MODE_PLACEMENT.get(s.mode, s.mode) == MODE_PLACEMENT[mode]]
+        return min(own, key=lambda s: (s.mode != mode, s.network != network, s.started_at))
+    complete = {k: v for k, v in by_task.items() if set(PLACEMENTS) <= placements(v)}
     rows, chosen = [], Counter()
     for preset in presets:
         cache: dict[tuple, dict] = {}
@@ -284,15 +294,16 @@ def own_placement_sweep(sessions: list[tr.Session], modes: list[str], presets: l
                 cache[(mode, s.id)] = row
             return cache[(mode, s.id)]
         for recs in complete.values():
-            rows += [replayed(m, recs[MODE_PLACEMENT[m]]) for m in modes if m != AUTO]
+            rows += [replayed(m, recording(recs, m, preset.name)) for m in modes if m != AUTO]
             if AUTO in modes:
-                first = recs["device"].calls[0]
-                f = auto_policy.Features(first.prompt_tokens, None, recs["device"].task.get("protocol") == "native",
-                                         recs["device"].task.get("dataset"))
+                # what the policy sees: the task's first call (the same request in every recording)
+                first = recs[0]
+                f = auto_policy.Features(first.calls[0].prompt_tokens, None, first.task.get("protocol") == "native",
+                                         first.task.get("dataset"))
                 d = auto_policy.DeviceState(preset.rtt_ms, preset.up_mbps, preset.down_mbps, preset.loss,
                                             preset.radio == "none", pol.battery_pct, preset.name)
                 decision = pol.decide(f, d).served("session")
-                rec = recs[MODE_PLACEMENT[decision.chosen]]
+                rec = recording(recs, decision.chosen, preset.name)
                 info = {**decision.record(), "scope": "session", "prompt_tokens_source": "recorded",
                         "recording": rec.id, "recorded_mode": rec.mode}
                 row = replayed(decision.chosen, rec)
@@ -301,7 +312,7 @@ def own_placement_sweep(sessions: list[tr.Session], modes: list[str], presets: l
                              "llm_calls": [{**c, "edgemeter": {**c["edgemeter"], "auto": info}}
                                            for c in row["llm_calls"]]})
     info = {"policy": pol.kind if pol else None, "tasks": len(complete), "chosen": dict(chosen),
-            "missing_a_placement": [{"task": list(k), "recorded": sorted(v)} for k, v in by_task.items()
+            "missing_a_placement": [{"task": list(k), "recorded": sorted(placements(v))} for k, v in by_task.items()
                                     if k not in complete],
             "accuracy_from": "each mode's own placement's recording of the task; auto's from the placement it chose"}
     return rows, info
