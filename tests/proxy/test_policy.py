@@ -77,6 +77,7 @@ def test_table_picks_the_cell_of_task_and_network_else_default(tmp_path):
 
 @pytest.mark.parametrize("auto, message", [
     ({"rules": [{"name": "a", "when": {"prompt_tokens": "50"}, "mode": "local"}]}, "auto.rules[0].when.prompt_tokens"),
+    ({"rules": [{"name": "a", "when": {"rtt_ms": "=< 50"}, "mode": "local"}]}, "auto.rules[0].when.rtt_ms"),
     ({"rules": [{"name": "a", "when": {"colour": True}, "mode": "local"}]}, "auto.rules[0].when.colour: unknown"),
     ({"rules": [{"name": "a", "when": {}, "mode": "edge"}]}, "auto.rules[0].mode"),
     ({"rules": [{"name": "default", "mode": "local"}]}, "auto.rules[0].name"),

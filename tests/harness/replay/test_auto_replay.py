@@ -20,6 +20,7 @@ def test_auto_takes_each_task_from_the_recording_of_the_placement_it_chose(tmp_p
     long = [call(prompt_tokens=100), call(gap_s=0.0)]
     sessions = [  # t1 short: solved only in the cloud; t2 long: solved only on the device; t3 device only
         session("t1-dev", calls=short, task=task("t1", False)),
+        session("t1-wifi", started_at=1050.0, calls=short, mode="hybrid", network="wifi", task=task("t1", False)),
         session("t1-cloud", started_at=1100.0, calls=short, mode="hybrid", network="4g", task=task("t1", True)),
         session("t2-dev", started_at=1200.0, calls=long, task=task("t2", True)),
         session("t2-cloud", started_at=1300.0, calls=long, mode="cloud", network="4g", task=task("t2", False)),
@@ -35,7 +36,8 @@ def test_auto_takes_each_task_from_the_recording_of_the_placement_it_chose(tmp_p
     rows = read_rows(out / "results.jsonl")
     got = {(r["mode"], r["task_id"]): r for r in rows}
     assert set(got) == {(m, t) for m in ("local", "hybrid", "auto") for t in ("t1", "t2")}  # t3 left out
-    # each fixed mode replays its own placement's recording: local the device's, hybrid the cloud's
+    # each fixed mode replays its own placement's recording: local the device's, hybrid the cloud's,
+    # the one recorded on the replayed network when there are several (t1-cloud on 4g, not t1-wifi)
     assert [got[("local", t)]["session"] for t in ("t1", "t2")] == ["t1-dev", "t2-dev"]
     assert [got[("hybrid", t)]["session"] for t in ("t1", "t2")] == ["t1-cloud", "t2-cloud"]
     a1, a2 = got[("auto", "t1")], got[("auto", "t2")]
