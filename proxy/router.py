@@ -228,8 +228,8 @@ class Router:
         return {**decision.record(), "scope": scope, "prompt_tokens_source": "chars/4"}
 
     def state(self, device_id: str, network: str) -> policy.DeviceState:
-        """The device as a request finds it now: its preset's link, and whether its radio would carry a
-        send at once (connected, or a link without a radio) rather than pay a promotion first."""
+        """The device as a request finds it now: its preset's link, and whether a send would start no new
+        promotion (its radio connected or promoting already, or a link without a radio)."""
         p = self.devices.presets[network]
         dev = self.devices.devices.get((device_id, network))  # looking does not create a link
         if p.radio == "none":
@@ -237,7 +237,7 @@ class Router:
         elif dev is None:
             connected = False  # a radio never used is idle
         else:
-            connected = dev.link.radio.promotion_delay(time.perf_counter()) == 0
+            connected = dev.link.radio.connected(time.perf_counter())
         return policy.DeviceState(p.rtt_ms, p.up_mbps, p.down_mbps, p.loss, connected, self.config.auto.battery_pct,
                                   network)
 

@@ -98,3 +98,32 @@ def test_default_mode_auto_needs_a_policy():
     with pytest.raises(ConfigError, match="defaults.mode: auto needs an auto: section"):
         from_dict({"models": {"m": {"backend": "upstream", "base_url": "http://127.0.0.1:9/v1", "model": "x"}},
                    "defaults": {"mode": "auto"}})
+
+
+def test_device_state_reads_the_preset_and_whether_the_radio_is_up():
+    import time
+
+    from proxy.device import Devices
+    from proxy.meter import NetTally
+    from proxy.router import Router
+    cfg = from_dict({"models": {"m": {"backend": "upstream", "base_url": "http://127.0.0.1:9/v1", "model": "x"}},
+                     "auto": {"battery_pct": 35}, "networks": {"umts": {"base": "4g", "radio": "3g"}}})
+    router = Router(cfg, {}, Devices.from_config(cfg))
+    fresh = router.state("phone", "4g")
+    assert (fresh.rtt_ms, fresh.up_mbps, fresh.down_mbps, fresh.loss, fresh.battery_pct, fresh.network) == \
+        (80, 5.9, 20, 0.005, 35, "4g")
+    assert fresh.radio_connected is False  # a radio never used is idle: a send pays a promotion
+    assert router.devices.devices == {}     # looking did not create a link
+    router.devices.get("phone", "4g").send("up", time.perf_counter(), 1000, NetTally())
+    assert router.state("phone", "4g").radio_connected is True  # just sent: connected (or in its tail)
+    assert router.state("other", "4g").radio_connected is False
+    # LTE's tail is 10.1 s (0.1 s connected, 20 ms short DRX, 10 s long DRX): a send 5 s ago left the
+    # radio in long DRX, which sends without a promotion; one 30 s ago left it idle again
+    now = time.perf_counter()
+    router.devices.get("tail", "4g").send("up", now - 5, 1000, NetTally())
+    router.devices.get("slept", "4g").send("up", now - 30, 1000, NetTally())
+    assert (router.state("tail", "4g").radio_connected, router.state("slept", "4g").radio_connected) == (True, False)
+    # 3G: 5 s of DCH tail, then FACH, from which a send needs a 1.5 s promotion: not idle, yet not connected
+    router.devices.get("fach", "umts").send("up", now - 8, 1000, NetTally())
+    assert router.state("fach", "umts").radio_connected is False
+    assert router.state("phone", "lan").radio_connected is True  # wired: nothing to promote
