@@ -220,12 +220,13 @@ class Router:
                               "(see docs/auto.md)", H_MODE, "auto_not_configured")
         scope = (scope or pol.scope) if sid is not None else "call"  # without a session there is nothing to follow
         s = self.sessions.get(sid) if sid is not None else None
+        f = policy.features(body, task)
         if scope == "session" and s is not None and s.auto is not None:
             decision = s.auto
         else:
-            decision = pol.decide(policy.features(body, task), self.state(device_id, network)).served(scope)
+            decision = pol.decide(f, self.state(device_id, network)).served(scope)
         metrics.AUTO_DECISIONS.labels(model, network, decision.policy, decision.chosen, decision.reason).inc()
-        return {**decision.record(), "scope": scope, "prompt_tokens_source": "chars/4"}
+        return {**decision.record(), "scope": scope, "prompt_tokens": f.prompt_tokens, "prompt_tokens_source": "chars/4"}
 
     def state(self, device_id: str, network: str) -> policy.DeviceState:
         """The device as a request finds it now: its preset's link, and whether a send would start no new

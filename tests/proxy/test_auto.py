@@ -38,7 +38,7 @@ async def test_rule_routes_short_prompt_to_device_and_long_to_cloud(split):
     assert status == 200
     assert (short["mode"], short["placement"], short["served_by"]) == ("local", "device", "m.device")
     assert short["auto"] == {"chosen": "local", "policy": "rules", "reason": "short_prompt", "scope": "call",
-                             "prompt_tokens_source": "chars/4"}
+                             "prompt_tokens": 50, "prompt_tokens_source": "chars/4"}
     assert short["bytes_up"] and short["net_delay_s"]["total"] == 0  # local: nothing crossed the 4G link
     assert (len(device_seen), len(cloud_seen)) == (1, 0)
 
@@ -46,6 +46,7 @@ async def test_rule_routes_short_prompt_to_device_and_long_to_cloud(split):
     assert status == 200
     assert (long["mode"], long["placement"], long["served_by"]) == ("hybrid", "cloud", "m.cloud")
     assert long["auto"]["chosen"] == "hybrid" and long["auto"]["reason"] == "default"
+    assert long["auto"]["prompt_tokens"] == 51
     assert long["net_delay_s"]["total"] > 0  # hybrid: the request went up the simulated 4G link
     assert (len(device_seen), len(cloud_seen)) == (1, 1)
 
