@@ -203,12 +203,6 @@ class Policy:
             return decide_table(self.table["table"], self.default, f, d)
         return decide_rules(self.rules, self.default, f, d)
 
-    @property
-    def reasons(self) -> tuple[str, ...]:
-        """Every reason a decision can give: the bounded label values of the decisions counter."""
-        base = tuple(r.name for r in self.rules) + ("default",) if self.kind == "rules" else ("cell", "default")
-        return base + tuple(r + ":cloud_needs_session" for r in base)
-
 
 def from_config(cfg: dict | None, base_dir: str | Path = ".") -> Policy | None:
     """The ``auto:`` section; None when there is none (``auto`` mode then refuses requests).

@@ -72,7 +72,6 @@ def test_table_picks_the_cell_of_task_and_network_else_default(tmp_path):
             (("gsm8k", "4g"), ("gsm8k", "wifi"), ("mbpp", "4g"), ("mbpp", "wifi"), (None, "4g"))]
     assert [(d.chosen, d.reason) for d in pick] == [("local", "cell"), ("hybrid", "cell"), ("cloud", "cell"),
                                                      ("hybrid", "default"), ("hybrid", "default")]
-    assert set(pol.reasons) == {"cell", "default", "cell:cloud_needs_session", "default:cloud_needs_session"}
 
 
 @pytest.mark.parametrize("auto, message", [
