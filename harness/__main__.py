@@ -7,6 +7,7 @@ Commands:
   load        load generator (synchronous, concurrency, constant/Poisson rate, sweep)
   soak        many concurrent streams through the proxy for a while: errors, memory, token accounting
   replay      cost recorded agent traces under other modes, networks and radios
+  auto fit    fit a table policy for the proxy's auto mode from a sweep's results
   bench NAME  a benchmark that prints figures (python -m harness bench --help lists them)
   data        list or fetch the benchmark data sets (GSM8K, MBPP, HumanEval, WikiText-2), verified by sha256
 """
@@ -24,6 +25,7 @@ COMMANDS = {
     "load": "harness.load.generator",
     "soak": "harness.load.soak",
     "replay": "harness.replay.replay",
+    "auto": "harness.agents.auto",
     "bench": "harness.bench",
     "data": "harness.data.cli",
 }

@@ -152,7 +152,7 @@ async def generate(request: web.Request, kind: str) -> web.StreamResponse:
     t_received = time.perf_counter()
     body, nbytes = await read_json(request)
     (validate.chat if kind == "chat" else validate.completion)(body)
-    route = request.app[ROUTER].route(request.headers, body["model"])
+    route = request.app[ROUTER].route(request.headers, body["model"], body)
     meter = RequestMeter(*route.labels, route.device_id, route.session and route.session.id, t_received, nbytes,
                          route.served.record)
     # compute energy follows placement: the device's only when the model runs as the device's, in-process
@@ -223,6 +223,8 @@ def finish(request: web.Request, route: Route, meter: RequestMeter, status: int,
     meter.close_energy(time.perf_counter())
     record = meter.finish(status, cause)
     record.update(request.app[ENERGY].cloud_cost(route.model, route.mode, meter.prompt_tokens, meter.completion_tokens))
+    if route.auto:  # mode is what was routed; this says that a policy chose it, and why
+        record["auto"] = route.auto
     if meter.timeline is not None:
         record["trace"] = meter.trace(route.backend.in_process)
     if route.session:

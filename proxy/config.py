@@ -13,7 +13,10 @@ from typing import Any
 
 import yaml
 
+from proxy import policy
+
 MODES = ("local", "hybrid", "cloud")
+AUTO = "auto"  # a policy picks one of MODES per request or session (proxy.policy)
 PLACEMENTS = ("device", "cloud")
 # Where each mode needs the model: on the device (local) or in the cloud (hybrid, cloud).
 MODE_PLACEMENT = {"local": "device", "hybrid": "cloud", "cloud": "cloud"}
@@ -53,6 +56,7 @@ class Config:
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     networks: dict[str, dict[str, Any]] = field(default_factory=dict)
     energy: dict[str, Any] = field(default_factory=dict)
+    auto: Any = None  # a proxy.policy.Policy from the ``auto:`` section, or None
     source: str = "<dict>"
 
 
@@ -92,7 +96,7 @@ def from_dict(data: dict | None, source: str = "<dict>") -> Config:
     data = data or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: top level must be a mapping")
-    known = {"server", "defaults", "models", "networks", "energy"}
+    known = {"server", "defaults", "models", "networks", "energy", "auto"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{key}: unknown top-level key (known: {', '.join(sorted(known))})")
@@ -106,8 +110,14 @@ def from_dict(data: dict | None, source: str = "<dict>") -> Config:
         raise ConfigError("server.max_body_bytes: must be positive")
     if cfg.server.body_timeout_s <= 0:
         raise ConfigError("server.body_timeout_s: must be positive")
-    if cfg.defaults.mode not in MODES:
-        raise ConfigError(f"defaults.mode: must be one of {', '.join(MODES)}, got {cfg.defaults.mode!r}")
+    if cfg.defaults.mode not in MODES + (AUTO,):
+        raise ConfigError(f"defaults.mode: must be one of {', '.join(MODES + (AUTO,))}, got {cfg.defaults.mode!r}")
+    try:  # a policy table's path is relative to the config file
+        cfg.auto = policy.from_config(data.get("auto"), Path(source).parent if source != "<dict>" else ".")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if cfg.defaults.mode == AUTO and cfg.auto is None:
+        raise ConfigError("defaults.mode: auto needs an auto: section (a policy; see docs/auto.md)")
 
     models = data.get("models") or {}
     if not isinstance(models, dict) or not models:

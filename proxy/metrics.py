@@ -84,6 +84,9 @@ DEVICE_ENERGY = Counter("edgemeter_device_energy_joules",
 ENERGY_PER_TOKEN = Histogram("edgemeter_energy_per_token_joules",
                              "Per request: (radio + on-device compute joules) / generated tokens.", REQ,
                              buckets=ENERGY_BUCKETS)
+AUTO_DECISIONS = Counter("edgemeter_auto_decisions",
+                         "Requests in auto mode by the mode the policy chose and why (reason: a configured "
+                         "rule's name, default, or the table cell).", ("model", "network", "policy", "chosen", "reason"))
 BACKEND_READY = Gauge("edgemeter_backend_ready", "1 when the model's backend is loaded.", ENGINE,
                       multiprocess_mode="max")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from proxy.config import MODES
+from proxy.config import AUTO, MODES
 from proxy.validate import MAX_TOKENS_LIMIT, ROLES
 
 JSON = "application/json"
@@ -119,7 +119,7 @@ def _schemas(models: list[str] | None) -> dict:
             "object": {"type": "string", "enum": ["list"]},
             "data": {"type": "array", "items": _ref("Model")}}},
         "SessionRecord": {"type": "object", "required": ["session", "mode", "network", "calls"], "properties": {
-            "session": {"type": "string"}, "mode": {"type": "string", "enum": list(MODES)},
+            "session": {"type": "string"}, "mode": {"type": "string", "enum": [*MODES, AUTO]},
             "network": {"type": "string"}, "calls": {"type": "integer", "minimum": 0}}},
     }
 
@@ -127,8 +127,12 @@ def _schemas(models: list[str] | None) -> dict:
 def document(models: list[str], networks: list[str], *, api_key: bool, metrics_auth: bool) -> dict:
     listed = None if api_key else models
     routing = [
-        {"name": "X-Edgemeter-Mode", "in": "header", "schema": {"type": "string", "enum": list(MODES)},
-         "description": "Deployment mode for this request (default from config)."},
+        {"name": "X-Edgemeter-Mode", "in": "header", "schema": {"type": "string", "enum": [*MODES, AUTO]},
+         "description": "Deployment mode for this request (default from config); auto: the configured policy picks."},
+        {"name": "X-Edgemeter-Task", "in": "header", "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+         "description": "Task class, for auto mode's policy (e.g. gsm8k)."},
+        {"name": "X-Edgemeter-Auto-Scope", "in": "header", "schema": {"type": "string", "enum": ["call", "session"]},
+         "description": "Auto mode: decide per call, or once per session (default: auto.scope)."},
         {"name": "X-Edgemeter-Network", "in": "header", "schema": {"type": "string", "enum": networks},
          "description": "Simulated network preset."},
         {"name": "X-Edgemeter-Device", "in": "header", "schema": {"type": "string", "minLength": 1, "maxLength": 128},

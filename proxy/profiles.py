@@ -82,7 +82,8 @@ PROFILES: dict[str, DeviceProfile] = {p.name: p for p in (
         throttle_after_s=float("inf"), throttled=1.0),
 )}
 
-ON_DEVICE_TOOLS = ("local", "hybrid")  # the modes whose tools run on the device
+# the modes whose tools run on the device; an auto session deciding per call picks local or hybrid
+ON_DEVICE_TOOLS = ("local", "hybrid", "auto")
 
 
 def generation_j(profile: DeviceProfile, seconds: float) -> float:

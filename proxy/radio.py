@@ -207,6 +207,12 @@ class Radio:
             t = self._clock
         return self._gap_state(t).promotion_s
 
+    def connected(self, t: float) -> bool:
+        """Whether a transfer offered at t starts no new promotion: it joins a busy period (or one
+        still promoting) or leaves from a state that sends directly, so it costs a transfer and a
+        longer tail rather than a promotion and a new tail."""
+        return self._joins_busy(t) or self.promotion_delay(t) == 0
+
     def is_idle(self, t: float) -> bool:
         """Whether a transfer offered at t finds the radio in its idle state (not merely in a tail)."""
         if self._joins_busy(t):

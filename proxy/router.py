@@ -9,6 +9,10 @@ Modes (config default, per-request override by header):
           coming down (POST /edgemeter/v1/sessions/{id}/end); calls in between stay in the
           datacenter. A cloud-mode call without a session header is a one-call session.
 
+auto    a policy (proxy.policy, config.yaml's ``auto:``) picks local or hybrid per call, or
+        local, hybrid or cloud once per session (``auto.scope`` or X-Edgemeter-Auto-Scope), and
+        the request is routed as that mode; its record says what was chosen and why.
+
 Placement: ``local`` needs the model on the device, ``hybrid`` and ``cloud`` need it in the
 cloud. A model configured with ``device:`` and ``cloud:`` blocks is answered by the block the
 mode needs, and a mode whose placement the model lacks is refused. A plain single-backend
@@ -23,13 +27,16 @@ from urllib.parse import urlsplit
 import backends
 from backends import Backend
 
-from proxy.config import MODE_PLACEMENT, MODES, PLACEMENTS, Config, ConfigError
+from proxy import metrics
+from proxy import policy
+from proxy.config import AUTO, MODE_PLACEMENT, MODES, PLACEMENTS, Config, ConfigError
 from proxy.device import Device, Devices
 from proxy.errors import APIError, bad_request
 from proxy.radio import RadioCharge
 
 H_MODE, H_NETWORK, H_DEVICE, H_SESSION = ("X-Edgemeter-Mode", "X-Edgemeter-Network", "X-Edgemeter-Device",
                                           "X-Edgemeter-Session")
+H_TASK, H_AUTO_SCOPE = "X-Edgemeter-Task", "X-Edgemeter-Auto-Scope"
 MAX_ID = 128
 
 
@@ -44,6 +51,7 @@ class Session:
     started: float = field(default_factory=time.perf_counter)  # the task's first call arrived
     calls: int = 0
     uplinked: bool = False
+    auto: policy.Decision | None = None  # auto mode, scope session: the decision every call follows
     totals: dict = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0, "bytes_up": 0,
                                                   "bytes_down": 0, "net_delay_s": 0.0,
                                                   "compute_j": 0.0, "e2e_s": 0.0, "cloud_usd": 0.0,
@@ -137,6 +145,7 @@ class Route:
     session: Session | None
     up: Device | None    # link the request crosses, or None
     down: Device | None  # link the response crosses, or None
+    auto: dict | None = None  # auto mode: {"chosen", "policy", "reason", "scope"}, for the record
 
     @property
     def labels(self) -> tuple[str, str, str, str]:
@@ -158,27 +167,40 @@ class Router:
             raise bad_request(f"header {name}: must be 1..{MAX_ID} printable characters", name)
         return value
 
-    def route(self, headers, model: str) -> Route:
+    def route(self, headers, model: str, body: dict | None = None) -> Route:
         placements = self.models.get(model)
         if placements is None:
             raise APIError(404, f"The model '{model}' does not exist (known: {', '.join(self.models)})",
                            param="model", code="model_not_found")
         d = self.config.defaults
-        mode = self._header(headers, H_MODE, d.mode, MODES)
-        served = placements.get(MODE_PLACEMENT[mode])
-        if served is None:  # never silently: another placement's backend would measure something else
-            raise bad_request(f"model '{model}' has no {MODE_PLACEMENT[mode]} backend, which mode '{mode}' needs "
-                              f"(its placements: {', '.join(placements)})", "model", "placement_unavailable")
-        if not served.backend.ready:
-            raise APIError(503, f"model '{model}' is still loading", type="server_error", code="not_ready")
+        mode = self._header(headers, H_MODE, d.mode, MODES + (AUTO,))
         network = self._header(headers, H_NETWORK, d.network, self.devices.presets)
         device_id = self._header(headers, H_DEVICE, d.device)
         session_id = headers.get(H_SESSION)
+        if session_id is not None:
+            session_id = self._header(headers, H_SESSION, "")
+        # checked whatever the mode, as every header is: a bad value never passes unnoticed
+        task = self._header(headers, H_TASK, "-") if H_TASK in headers else None
+        scope = self._header(headers, H_AUTO_SCOPE, "call", policy.SCOPES) if H_AUTO_SCOPE in headers else None
+        decision = None
+        if mode == AUTO:
+            decision = self._auto(scope, task, body or {}, model, network, device_id, session_id)
+        routed = decision["chosen"] if decision else mode
+        served = placements.get(MODE_PLACEMENT[routed])
+        if served is None:  # never silently: another placement's backend would measure something else
+            raise bad_request(f"model '{model}' has no {MODE_PLACEMENT[routed]} backend, which mode '{routed}' needs "
+                              f"(its placements: {', '.join(placements)})", "model", "placement_unavailable")
+        if not served.backend.ready:
+            raise APIError(503, f"model '{model}' is still loading", type="server_error", code="not_ready")
+        # per call, an auto session may cross the link on its next call even when this one stays on the device
         device = None if mode == "local" else self.devices.get(device_id, network)
         session = None
         if session_id is not None:
-            session_id = self._header(headers, H_SESSION, "")
-            session = self._session(session_id, mode, network, device)
+            session_mode = AUTO if decision and decision["scope"] == "call" else routed
+            session = self._session(session_id, session_mode, network, device)
+            if decision and decision["scope"] == "session" and session.auto is None:
+                session.auto = policy.Decision(decision["chosen"], decision["policy"], decision["reason"])
+        mode = routed
         if mode == "hybrid" or (mode == "cloud" and session is None):
             up = down = device
         elif mode == "cloud":
@@ -187,7 +209,38 @@ class Router:
             down = None
         else:
             up = down = None
-        return Route(model, served.backend, served, mode, network, device_id, session, up, down)
+        return Route(model, served.backend, served, mode, network, device_id, session, up, down, decision)
+
+    def _auto(self, scope: str | None, task: str | None, body: dict, model: str, network: str, device_id: str,
+              sid: str | None) -> dict:
+        """The policy's decision for this request, or its session's when the session already has one."""
+        pol = self.config.auto
+        if pol is None:
+            raise bad_request(f"header {H_MODE}: auto needs an auto: section (a policy) in the proxy's config "
+                              "(see docs/auto.md)", H_MODE, "auto_not_configured")
+        scope = (scope or pol.scope) if sid is not None else "call"  # without a session there is nothing to follow
+        s = self.sessions.get(sid) if sid is not None else None
+        f = policy.features(body, task)
+        if scope == "session" and s is not None and s.auto is not None:
+            decision = s.auto
+        else:
+            decision = pol.decide(f, self.state(device_id, network)).served(scope)
+        metrics.AUTO_DECISIONS.labels(model, network, decision.policy, decision.chosen, decision.reason).inc()
+        return {**decision.record(), "scope": scope, "prompt_tokens": f.prompt_tokens, "prompt_tokens_source": "chars/4"}
+
+    def state(self, device_id: str, network: str) -> policy.DeviceState:
+        """The device as a request finds it now: its preset's link, and whether a send would start no new
+        promotion (its radio connected or promoting already, or a link without a radio)."""
+        p = self.devices.presets[network]
+        dev = self.devices.devices.get((device_id, network))  # looking does not create a link
+        if p.radio == "none":
+            connected = True
+        elif dev is None:
+            connected = False  # a radio never used is idle
+        else:
+            connected = dev.link.radio.connected(time.perf_counter())
+        return policy.DeviceState(p.rtt_ms, p.up_mbps, p.down_mbps, p.loss, connected, self.config.auto.battery_pct,
+                                  network)
 
     def _session(self, sid: str, mode: str, network: str, device: Device | None) -> Session:
         self._expire()

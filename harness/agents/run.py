@@ -37,7 +37,8 @@ from harness.agents.tools import SPECS, Toolbox, Workspace
 
 H_MODE, H_NETWORK, H_DEVICE, H_SESSION = ("X-Edgemeter-Mode", "X-Edgemeter-Network", "X-Edgemeter-Device",
                                           "X-Edgemeter-Session")
-MODES = ("local", "hybrid", "cloud")
+H_TASK = "X-Edgemeter-Task"  # the task class an auto-mode policy may decide on: the dataset's name
+MODES = ("local", "hybrid", "cloud", "auto")
 ACCURATE_REPEATS = 3  # spread and CIs across repeats need a few; one repeat is a smoke run
 _ENERGY_KEYS = ("radio_j", "compute_j", "bytes_up", "bytes_down", "cloud_usd", "cloud_j")
 # the proxy's device-energy ledger (proxy.profiles.device_energy), taken whole from the session record
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--ids", help="comma-separated task ids (GSM8K: row index; MBPP: task_id; HumanEval: the number)")
     a("--seed", type=int, help="sample tasks at random with this seed; also sent as the request seed")
     a("--out", required=True, help="run directory (results.jsonl, run.json, report)")
-    a("--modes", help="comma-separated deployment modes (local,hybrid,cloud)")
+    a("--modes", help="comma-separated deployment modes (local,hybrid,cloud,auto; auto: the proxy's policy picks)")
     a("--networks", help="comma-separated network presets")
     a("--models", help="comma-separated model names (default: the server's first model)")
     a("--sweep", help="YAML with modes/networks/models lists, or runs: [{mode, network, model}]")
@@ -266,7 +267,7 @@ class Runner:
     async def attempt(self, job: Job, device: str) -> dict:
         session = uuid.uuid4().hex
         headers = {h: v for h, v in ((H_MODE, job.combo.mode), (H_NETWORK, job.combo.network),
-                                     (H_DEVICE, device), (H_SESSION, session)) if v}
+                                     (H_DEVICE, device), (H_SESSION, session), (H_TASK, job.task.dataset)) if v}
         ws = tempfile.mkdtemp(prefix="edgemeter-ws-")
         started, t0 = time.time(), time.perf_counter()
         try:

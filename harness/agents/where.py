@@ -18,7 +18,7 @@ import math
 from collections import defaultdict
 from itertools import combinations
 
-from proxy.config import MODES
+from proxy.config import AUTO, MODES
 
 from harness.common.stats import mcnemar_exact, paired_bootstrap_diff, percentile
 
@@ -27,6 +27,7 @@ ALPHA = 0.05
 OBJECTIVES = {"accuracy": ("accuracy", "max"), "speed": ("wall_s_p50", "min"),
               "device energy": ("device_j_per_task", "min"), "cloud cost": ("cost_per_task", "min")}
 SAME_HOST = ("same-host", "in-process")
+SHOWN = MODES + (AUTO,)  # auto's rows stand beside the fixed modes'; it is no mode of its own to break even with
 TIE = 0.02  # break-even: two modes within 2 % of each other are tied
 
 
@@ -42,7 +43,8 @@ def _placement(rec: dict, mode: str) -> str:
 def task_key(row: dict) -> tuple:
     """What makes two modes' rows the same task: in a replay, the same recorded session too (a
     sweep recorded in several modes replays each recording under every mode)."""
-    session = row.get("session") if row.get("run_mode") == "replay" else None
+    own = (row.get("replay") or {}).get("own_placement")  # replayed from its own placement's recording
+    session = row.get("session") if row.get("run_mode") == "replay" and not own else None
     return row.get("task_id"), row.get("sample"), row.get("repeat"), session
 
 
@@ -64,6 +66,8 @@ def mode_result(mode: str, rows: list[dict], price: tuple[float, float] | None) 
                    for rec in cloud) / 1e6 / n
     return {
         "mode": mode, "tasks": n, "solved": solved, "accuracy": acc,
+        # the share of model calls the device answered: 1 for local, 0 for hybrid and cloud, auto's own mix
+        "device_share": sum(_placement(rec, m) == "device" for rec, m in recs) / len(recs) if recs else None,
         "wall_s_p50": percentile(wall, 50), "wall_s_p90": percentile(wall, 90),
         "device_j_per_task": per_task,
         "device_j_per_solved": energy / sum(bool(r["passed"]) for r in metered)
@@ -129,7 +133,7 @@ def decide(rows: list[dict], price: tuple[float, float] | None = None, presets: 
     for (ds, model, net), modes in sorted(_groups(rows).items(), key=lambda kv: tuple(map(str, kv[0]))):
         if presets is not None and net not in presets:
             continue
-        results = [mode_result(m, modes[m], price) for m in MODES if m in modes]
+        results = [mode_result(m, modes[m], price) for m in SHOWN if m in modes]
         if not results:  # rows with no deployment mode (a plain endpoint, not a sweep): nothing to decide
             continue
         pairs = {f"{a} vs {b}": paired(modes[a], modes[b]) for a, b in combinations([r["mode"] for r in results], 2)}
@@ -141,9 +145,76 @@ def decide(rows: list[dict], price: tuple[float, float] | None = None, presets: 
              "accuracy_decides": decides, "objectives": objectives,
              "pareto": pareto(results, front) if front else [],
              "winners": {o: _best(results, o) for o in objectives}}
+        if AUTO in modes:
+            d["auto"] = versus(modes, d)
         d["sentence"] = sentence(d)
         out.append(d)
     return out
+
+
+def _paired_values(a_rows: list[dict], b_rows: list[dict], field: str) -> dict:
+    """mean(a - b) of ``field`` on the tasks both ran, with its paired bootstrap 95% CI."""
+    a = {task_key(r): r.get(field) for r in a_rows}
+    b = {task_key(r): r.get(field) for r in b_rows}
+    keys = sorted((k for k in set(a) & set(b) if a[k] is not None and b[k] is not None), key=str)
+    diff = paired_bootstrap_diff([float(a[k]) for k in keys], [float(b[k]) for k in keys])
+    return {"pairs": len(keys), "diff": diff[0] if diff else None, "diff_ci95": [diff[1], diff[2]] if diff else None}
+
+
+def versus(modes: dict[str, list[dict]], d: dict) -> dict:
+    """auto against each fixed mode on the same tasks: the paired difference (auto - fixed) of
+    accuracy, task wall time and device energy, each with a paired bootstrap 95% CI, and
+    whether auto is on the Pareto front (and which modes dominate it when not)."""
+    res = {r["mode"]: r for r in d["modes"]}
+    front = [o for o in d["objectives"] if d["accuracy_decides"] or o != "accuracy"]
+    fields = [OBJECTIVES[o] for o in front]
+    dominated_by = [m for m, r in res.items() if m != AUTO and fields
+                    and all((r[f] >= res[AUTO][f]) if s == "max" else (r[f] <= res[AUTO][f]) for f, s in fields)
+                    and any((r[f] > res[AUTO][f]) if s == "max" else (r[f] < res[AUTO][f]) for f, s in fields)]
+    against = {}
+    for m in MODES:
+        if m in modes:
+            against[m] = {"accuracy": paired(modes[AUTO], modes[m]),
+                          "wall_s": _paired_values(modes[AUTO], modes[m], "wall_s"),
+                          "device_j": _paired_values(modes[AUTO], modes[m], "energy_j")}
+    replayed = any(r.get("run_mode") == "replay" for r in modes[AUTO])
+    return {"on_front": AUTO in d["pareto"], "dominated_by": dominated_by, "device_share": res[AUTO]["device_share"],
+            "chosen": _chosen(modes[AUTO]), "versus": against,
+            "accuracy_from": "replay: each task's recording graded under the placement auto chose" if replayed
+            else "live runs: auto's own attempts, graded as they ran"}
+
+
+def _chosen(rows: list[dict]) -> dict:
+    """How often the policy chose each mode, over auto's model calls."""
+    out: dict[str, int] = defaultdict(int)
+    for r in rows:
+        for rec in _records(r):
+            out[(rec.get("auto") or {}).get("chosen") or rec.get("mode")] += 1
+    return dict(out)
+
+
+def _diff(v: dict, unit: str = "", pct: bool = False) -> str:
+    if v["diff"] is None:
+        return "n/a"
+    f = (lambda x: f"{x:+.0%}") if pct else (lambda x: f"{x:+.3g}{unit}")
+    lo, hi = v["diff_ci95"]
+    return f"{f(v['diff'])} [{f(lo)}, {f(hi)}]"
+
+
+def auto_sentence(d: dict) -> str:
+    a = d["auto"]
+    share = "n/a" if a["device_share"] is None else f"{a['device_share']:.0%}"
+    if a["on_front"]:
+        head = f"auto ({share} of calls on the device) is on the Pareto front"
+    elif a["dominated_by"]:
+        head = f"auto ({share} of calls on the device) is not on the Pareto front: {_names(a['dominated_by'])} " \
+               f"{'is' if len(a['dominated_by']) == 1 else 'are'} as good on every objective and better on one"
+    else:
+        head = f"auto ({share} of calls on the device): no Pareto front (too few objectives measured)"
+    parts = [f"vs {m}: accuracy {_diff(v['accuracy'], pct=True)}, task wall {_diff(v['wall_s'], ' s')}, "
+             f"device {_diff(v['device_j'], ' J')}" for m, v in a["versus"].items()]
+    return head + (". Paired differences auto minus fixed mode [95% CI]: " + "; ".join(parts) if parts else "") + \
+        f". auto's accuracy comes from {a['accuracy_from']}."
 
 
 def _best(results: list[dict], objective: str) -> list[str]:
@@ -209,6 +280,8 @@ def sentence(d: dict) -> str:
         text += " Cloud timings are same-host (the cloud model ran on this machine, not in a datacenter)."
     if any(r["emulated"] for r in res.values()):
         text += " One backend stood in for both placements (placement_emulated)."
+    if "auto" in d:
+        text += " " + auto_sentence(d)
     return text
 
 
@@ -266,7 +339,7 @@ def markdown(decisions: list[dict], breaks: list[dict] | None = None) -> str:
     for d in decisions:
         title = f"### {d['dataset']} on {d['network']}" + (f" ({d['model']})" if d["model"] else "")
         head = ["mode", "solved", "accuracy", "wall s p50 / p90", "device J/task", "device J/solved",
-                "accuracy/J", "accuracy/W", "cloud $/task"]
+                "accuracy/J", "accuracy/W", "cloud $/task", "device calls"]
         lines += [title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in d["modes"]:
             name = r["mode"] + (" *" if r["mode"] in d["pareto"] else "")
@@ -276,7 +349,8 @@ def markdown(decisions: list[dict], breaks: list[dict] | None = None) -> str:
                 name, f"{r['solved']}/{r['tasks']}", _fmt(r["accuracy"]),
                 f"{_fmt(r['wall_s_p50'])} / {_fmt(r['wall_s_p90'])}", _fmt(r["device_j_per_task"]),
                 _fmt(r["device_j_per_solved"]), _fmt(r["accuracy_per_j"]), _fmt(r["accuracy_per_w"]),
-                "n/a" if r["cost_per_task"] is None else f"{r['cost_per_task']:.4g}"]) + " |")
+                "n/a" if r["cost_per_task"] is None else f"{r['cost_per_task']:.4g}",
+                "n/a" if r["device_share"] is None else f"{r['device_share']:.0%}"]) + " |")
         if d["pairs"]:
             lines += ["", "| paired | tasks | only first solved | only second solved | McNemar p | "
                           "accuracy difference [95% CI] |", "|---|---|---|---|---|---|"]
@@ -320,7 +394,7 @@ def plots(decisions: list[dict], breaks: list[dict] | None, grid: dict | None, o
         cols = min(3, len(shown))
         rows = math.ceil(len(shown) / cols)
         fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
-        colors = {"local": "tab:green", "hybrid": "tab:orange", "cloud": "tab:blue"}
+        colors = {"local": "tab:green", "hybrid": "tab:orange", "cloud": "tab:blue", AUTO: "tab:purple"}
         for ax, d in zip(axes.flat, shown):
             for r in d["modes"]:
                 x = r["device_j_per_task"] if r["device_j_per_task"] is not None else r["wall_s_p50"]

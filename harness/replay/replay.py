@@ -19,6 +19,16 @@ radio) on a virtual clock, exactly as the proxy's handlers do:
           profile's token rates (throttled after its sustained-compute limit, counted over
           the session's generation), and its generation energy is the profile's power.
 
+auto    a policy (``--config``'s ``auto:`` section, or ``--auto-table`` from ``harness auto fit``)
+        picks a mode per session, as the proxy does with ``auto.scope: session``. Replay re-costs
+        time and energy but cannot re-grade a task under another placement, so with auto in
+        ``--modes`` every mode replays, per task, a recording graded under its own placement
+        (local: a local recording; hybrid and cloud: a hybrid or cloud one, preferring one recorded
+        in that mode, then on that network), and auto takes the recording of the placement it
+        chose, outcome included. Tasks without recordings of both
+        placements are left out of every mode and listed in run.json. Each session runs on a
+        fresh link and idle radio here (no tail carried over from the previous task).
+
 Every session gets the proxy's device-energy ledger (proxy.profiles.device_energy):
 baseline power x wall time + on-device generation + on-device tools + settled radio.
 
@@ -40,7 +50,8 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from proxy.config import MODE_PLACEMENT, MODES, ConfigError
+from proxy import policy as auto_policy
+from proxy.config import AUTO, MODE_PLACEMENT, MODES, PLACEMENTS, ConfigError
 from proxy.config import load as load_config
 from proxy.device import Device
 from proxy.energy import ComputeEnergy
@@ -259,12 +270,71 @@ def sweep(sessions: list[tr.Session], modes: list[str], presets: list, seed: int
     return rows
 
 
+def _task(s: tr.Session) -> tuple:
+    return tuple(s.task.get(k) for k in ("dataset", "task_id", "sample", "repeat"))
+
+
+def own_placement_sweep(sessions: list[tr.Session], modes: list[str], presets: list, seed: int | str,
+                        energy: ComputeEnergy, pol: auto_policy.Policy | None) -> tuple[list[dict], dict]:
+    """Every task with recordings of both placements, each mode (auto included) replayed from the
+    recording graded under the placement it needs (see the module's doc). Returns rows and what
+    run.json says about it."""
+    by_task: dict[tuple, list[tr.Session]] = defaultdict(list)
+    for s in sorted(sessions, key=lambda s: s.started_at):
+        by_task[_task(s)].append(s)
+
+    def placements(recs: list[tr.Session]) -> set[str]:
+        return {MODE_PLACEMENT.get(s.mode, s.mode) for s in recs}
+
+    def recording(recs: list[tr.Session], mode: str, network: str) -> tr.Session:
+        """The recording graded under the mode's placement, closest to what is replayed: recorded in
+        that mode, then on that network, then the earliest."""
+        own = [s for s in recs if MODE_PLACEMENT.get(s.mode, s.mode) == MODE_PLACEMENT[mode]]
+        return min(own, key=lambda s: (s.mode != mode, s.network != network, s.started_at))
+    complete = {k: v for k, v in by_task.items() if set(PLACEMENTS) <= placements(v)}
+    rows, chosen = [], Counter()
+    for preset in presets:
+        cache: dict[tuple, dict] = {}
+
+        def replayed(mode: str, s: tr.Session) -> dict:
+            if (mode, s.id) not in cache:
+                row = Replayer(mode, preset, seed, energy).device_rows(s.device, [s])[0]
+                row["replay"]["own_placement"] = True  # pairs with other modes by task, not by recording
+                cache[(mode, s.id)] = row
+            return cache[(mode, s.id)]
+        for recs in complete.values():
+            rows += [replayed(m, recording(recs, m, preset.name)) for m in modes if m != AUTO]
+            if AUTO in modes:
+                # what the policy sees: the task's first call (the same request in every recording)
+                first = recs[0]
+                f = auto_policy.Features(first.calls[0].prompt_tokens, None, first.task.get("protocol") == "native",
+                                         first.task.get("dataset"))
+                d = auto_policy.DeviceState(preset.rtt_ms, preset.up_mbps, preset.down_mbps, preset.loss,
+                                            preset.radio == "none", pol.battery_pct, preset.name)
+                decision = pol.decide(f, d).served("session")
+                rec = recording(recs, decision.chosen, preset.name)
+                info = {**decision.record(), "scope": "session", "prompt_tokens_source": "recorded",
+                        "recording": rec.id, "recorded_mode": rec.mode}
+                row = replayed(decision.chosen, rec)
+                chosen[decision.chosen] += 1
+                rows.append({**row, "mode": AUTO, "auto": info,
+                             "llm_calls": [{**c, "edgemeter": {**c["edgemeter"], "auto": info}}
+                                           for c in row["llm_calls"]]})
+    info = {"policy": pol.kind if pol else None, "tasks": len(complete), "chosen": dict(chosen),
+            "missing_a_placement": [{"task": list(k), "recorded": sorted(placements(v))} for k, v in by_task.items()
+                                    if k not in complete],
+            "accuracy_from": "each mode's own placement's recording of the task; auto's from the placement it chose"}
+    return rows, info
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m harness replay", description=__doc__.split("\n\n")[0])
     a = p.add_argument
     a("traces", nargs="+", help="trace files, harness run directories or results.jsonl, proxy request logs")
     a("--out", required=True, help="directory for results.jsonl, run.json and the report")
-    a("--modes", default=",".join(MODES), help="comma-separated deployment modes (default: all)")
+    a("--modes", default=",".join(MODES), help="comma-separated deployment modes (default: the fixed ones); "
+      "auto needs a policy (--config's auto: section or --auto-table) and recordings of both placements")
+    a("--auto-table", help="auto's policy: a table from python -m harness auto fit (default: --config's auto:)")
     a("--networks", help="comma-separated network presets (default: every preset known; with --grid: 4g)")
     a("--grid", nargs="+", metavar="KEY=SPEC", help="also replay a grid of custom presets around each network: "
       "KEY is one of " + ", ".join(GRID_KEYS) + "; SPEC is LO..HI (5 log-spaced values), LO..HI:N, or V1,V2,...; "
@@ -381,8 +451,16 @@ def main(argv: list[str]) -> int:
         raise SystemExit(f"replay: {e}") from None
     modes = _csv(args.modes)
     for m in modes:
-        if m not in MODES:
-            raise SystemExit(f"replay: unknown mode {m!r} (known: {', '.join(MODES)})")
+        if m not in MODES + (AUTO,):
+            raise SystemExit(f"replay: unknown mode {m!r} (known: {', '.join(MODES + (AUTO,))})")
+    pol = config.auto if config else None
+    if args.auto_table:
+        try:
+            pol = auto_policy.Policy("table", "hybrid", "session", 100.0, table=auto_policy.load_table(args.auto_table))
+        except ValueError as e:
+            raise SystemExit(f"replay: --auto-table: {e}") from None
+    if AUTO in modes and pol is None:
+        raise SystemExit("replay: mode auto needs a policy: --auto-table FILE or a --config with an auto: section")
     names = _csv(args.networks) or (["4g"] if args.grid else list(presets))
     for n in names:
         if n not in presets:
@@ -417,7 +495,17 @@ def main(argv: list[str]) -> int:
     flagged = [s for s in sessions if s.flags]
     usable = [s for s in sessions if not s.flags or (args.keep_flagged and tr.replayable(s))]
     t_loaded = time.perf_counter()
-    rows = sweep(usable, modes, chosen, seed, energy, args.task_gap, args.cold_radio)
+    auto_info = None
+    if AUTO in modes:
+        if args.task_gap or args.cold_radio:
+            print("auto: each task is replayed from its own recording on a fresh link with an idle radio; "
+                  "--task-gap and --cold-radio do not apply", file=sys.stderr)
+        rows, auto_info = own_placement_sweep(usable, modes, chosen, seed, energy, pol)
+        if auto_info["missing_a_placement"]:
+            print(f"auto: {len(auto_info['missing_a_placement'])} task(s) lack a recording of both placements "
+                  f"(device and cloud) and are left out of every mode", file=sys.stderr)
+    else:
+        rows = sweep(usable, modes, chosen, seed, energy, args.task_gap, args.cold_radio)
     t_replayed = time.perf_counter()
 
     out = Path(args.out)
@@ -440,7 +528,8 @@ def main(argv: list[str]) -> int:
                 "replay": {"argv": argv, "seed": seed, "modes": modes, "networks": names, "radio": args.radio,
                            "compat": args.compat,
                            "sessions": len(sessions), "replayed": len(usable), "skipped": skipped,
-                           "flagged": len(flagged), "replay_s": t_replayed - t_loaded, "grid": grid},
+                           "flagged": len(flagged), "replay_s": t_replayed - t_loaded, "grid": grid,
+                           "auto": auto_info},
                 "written_at": time.time()}
     tmp = out / "run.json.tmp"
     tmp.write_text(json.dumps(run_info, indent=2))

@@ -693,7 +693,7 @@ async def test_hostile_code_fails_its_task_and_the_run_goes_on(aiohttp_server, t
         server = await aiohttp_server(app)
         out = tmp_path / "run"
         argv = ["--base-url", str(server.make_url("/v1")), "--dataset", "mbpp", "--data-dir", str(data_dir("mbpp")),
-                "--limit", str(len(programs)), "--models", "scripted", "--out", str(out), "--warmup", "0",
+                "--limit", str(len(programs)), "--models", "scripted", "--out", str(out), "--warmup", "0", "--repeats", "1",
                 "--no-stream", "--no-progress", "--no-report", "--transcripts"]
         assert await run._run(run.build_parser().parse_args(argv)) == 0
         listener.setblocking(False)
