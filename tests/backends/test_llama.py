@@ -10,7 +10,7 @@ from prometheus_client import REGISTRY
 
 from backends import GenRequest, create
 from backends.base import Finish, Scheduled, TextDelta, Usage
-from tests.conftest import local_model
+from tests.conftest import local_model, request_series
 
 MSG = [{"role": "user", "content": "Write a long story about a dragon."}]
 
@@ -138,7 +138,7 @@ async def test_metrics_served_while_generating(proxy):
 async def test_client_disconnect_cancels_generation(proxy):
     import aiohttp
     url = proxy.make_url("/v1/chat/completions")
-    left = {"model": "smollm2", "backend": "llama.cpp", "mode": "local", "network": "local", "status": "499"}
+    left = {**request_series("smollm2", "llama.cpp", "local", "local"), "status": "499"}
     left_before = REGISTRY.get_sample_value("edgemeter_requests_total", left) or 0
     async with aiohttp.ClientSession() as s:
         async with s.post(url, json={"model": "smollm2", "messages": MSG, "max_tokens": 1000, "stream": True,
