@@ -147,6 +147,11 @@ class Backend:
     def generate(self, req: GenRequest) -> AsyncIterator[Event]:
         raise NotImplementedError
 
+    def capacity(self) -> int | None:
+        """How many requests the engine decodes together (its batch), so a bulk client can offer
+        that many at once; None when the engine does not say (an upstream server)."""
+        return None
+
     def count_tokens(self, text: str) -> int | None:
         """Exact token count of ``text`` when the backend has a tokenizer, else None."""
         return None
