@@ -22,8 +22,8 @@ from backends.base import (Backend, BackendError, Event, Finish, GenRequest, Sch
 from backends.sources import resolve_model
 from backends.text import StopFilter, parsed
 
-SETTINGS = {"source", "n_ctx", "slots", "chat_format", "n_threads", "n_batch", "warmup", "prompt_cache",
-            "reasoning_parser"}
+SETTINGS = {"source", "n_ctx", "slots", "chat_format", "n_threads", "n_threads_batch", "n_batch", "warmup",
+            "prompt_cache", "reasoning_parser"}
 
 
 
@@ -103,10 +103,14 @@ class LlamaBackend(Backend):
         self.n_ctx = settings.get("n_ctx", 4096)  # per request: each sequence has its own cells
         self.n_slots = settings.get("slots", 1)
         self.n_batch = settings.get("n_batch", 512)  # tokens per decode step: decoders plus prefill chunks
-        # llama-cpp-python's default, one thread per physical core (cpu_count / 2), for prompt and
-        # decode alike (its prompt default is every logical core): more threads than cores
-        # spin-wait against each other, 2.5x slower prompts here under load.
+        # llama-cpp-python's defaults: a step of one token (one sequence decoding) on cpu_count / 2
+        # threads, a step of many (a prefill chunk, or several sequences) on every core. A
+        # one-token step is bound by reading the weights and gains little from a second thread;
+        # a batched step is bound by arithmetic and here runs 1.9x faster on 2 threads than on 1
+        # (docs/benchmarks.md). Under other load, threads that outnumber free cores spin-wait
+        # (prompts were 2.5x slower here so): set n_threads_batch to n_threads there.
         self.n_threads = settings.get("n_threads") or max(1, (os.cpu_count() or 2) // 2)
+        self.n_threads_batch = settings.get("n_threads_batch") or os.cpu_count() or 1
         self.chat_format = settings.get("chat_format")
         self.warmup = bool(settings.get("warmup", True))
         # Off by default so identical requests give identical tokens; on, a request goes to the
@@ -137,7 +141,8 @@ class LlamaBackend(Backend):
         self.formatter = self.tokenizer.formatter
         self.engine = await asyncio.to_thread(
             BatchEngine, str(resolve_model(self.source)), n_ctx=self.n_ctx, n_seq=self.n_slots,
-            n_batch=self.n_batch, n_threads=self.n_threads, prompt_cache=self.prompt_cache)
+            n_batch=self.n_batch, n_threads=self.n_threads, n_threads_batch=self.n_threads_batch,
+            prompt_cache=self.prompt_cache)
         self.template_tools = tools.template_renders_tools(
             lambda messages, offered: self.formatter(messages=messages, tools=offered).prompt)
         self.free = list(range(self.n_slots))

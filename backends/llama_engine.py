@@ -78,7 +78,7 @@ class Job:
 
 class BatchEngine:
     def __init__(self, path: str, *, n_ctx: int, n_seq: int, n_batch: int, n_threads: int,
-                 prompt_cache: bool = False):
+                 n_threads_batch: int | None = None, prompt_cache: bool = False):
         self.n_ctx, self.n_seq, self.n_batch = n_ctx, n_seq, n_batch
         self.prompt_cache = prompt_cache
         mp = llama_cpp.llama_model_default_params()
@@ -88,7 +88,8 @@ class BatchEngine:
         cp.n_batch = cp.n_ubatch = n_batch
         cp.n_seq_max = n_seq
         cp.kv_unified = False
-        cp.n_threads = cp.n_threads_batch = n_threads
+        cp.n_threads = n_threads  # llama.cpp's threads for a one-token step, n_threads_batch for larger
+        cp.n_threads_batch = n_threads_batch or n_threads
         cp.no_perf = True
         self.ctx = _internals.LlamaContext(model=self.model, params=cp, verbose=False)
         self.mem = llama_cpp.llama_get_memory(self.ctx.ctx)
