@@ -183,43 +183,44 @@ def no_end(engine) -> dict[int, float]:
     return {t: -100.0 for t in range(engine.n_vocab) if llama_cpp.llama_vocab_is_eog(engine.vocab, t)}
 
 
-def submit(engine, seq: int, prompt: list[int], max_tokens: int, log: list) -> tuple[threading.Event, threading.Event]:
-    """Runs a greedy job; ``log`` gets (seq, step) for each token, then (seq, "done", job)."""
-    first, done = threading.Event(), threading.Event()
+def job(engine, seq: int, prompt: list[int], max_tokens: int, log: list, at_third=None) -> tuple[Job, threading.Event]:
+    """A greedy job; ``log`` gets (seq, step) for each token, then (seq, "done", job). ``at_third``
+    runs on the engine thread when the third token is sampled: a known step to act at."""
+    done = threading.Event()
 
     def on_token(tok: int) -> bool:
         log.append((seq, engine.steps))
-        first.set()
+        if at_third and sum(e[0] == seq for e in log) == 3:
+            at_third()
         return False
 
-    job = Job(seq=seq, prompt=prompt, max_tokens=max_tokens, sampling=Sampling(temperature=0,
-                                                                             logit_bias=no_end(engine)),
-              on_token=on_token, on_done=lambda job, reason: (log.append((seq, "done", job)), done.set()),
-              release=lambda: None)
-    engine.submit(job)
-    return first, done
+    return Job(seq=seq, prompt=prompt, max_tokens=max_tokens,
+               sampling=Sampling(temperature=0, logit_bias=no_end(engine)), on_token=on_token,
+               on_done=lambda job, reason: (log.append((seq, "done", job)), done.set()), release=lambda: None), done
 
 
 def test_a_long_prompt_does_not_stall_the_decoders(engine, monkeypatch):
     """n_batch 16: while a 200-token prompt is prefilled in chunks of 15 (one token of each step
     goes to the decoder), the decoding sequence gets a token in every step, and the long prompt's
-    first token comes ceil(200 / 15) steps after it joins. Per-sequence CPU time adds up to the
-    steps' CPU time (a fake clock: 1 s a step), split by tokens in each step."""
+    first token comes ceil(200 / 15) = 14 steps after it joins. Per-sequence CPU time adds up to
+    the steps' CPU time (a fake clock: 1 s a step), split by tokens in each step."""
     monkeypatch.setattr("backends.llama_engine.time.process_time", FakeCPU())
     log: list = []
     steps0 = engine.steps
-    first, short = submit(engine, 0, [1, 504, 3458, 28, 1670], 40, log)
-    assert first.wait(60)
-    before = engine.steps
-    _, long = submit(engine, 1, [1] + [504] * 199, 3, log)
-    assert long.wait(60) and short.wait(60)
+    long, long_done = job(engine, 1, [1] + [504] * 199, 3, log)
+    short, short_done = job(engine, 0, [1, 504, 3458, 28, 1670], 40, log, at_third=lambda: engine.submit(long))
+    engine.submit(short)
+    assert long_done.wait(60) and short_done.wait(60)
     short_steps = [s for seq, s, *_ in log if seq == 0 and s != "done"]
     assert short_steps == list(range(steps0 + 1, steps0 + 41))  # one token every step, no step skipped
-    long_first = next(s for seq, s, *_ in log if seq == 1)
-    # ceil(200/15) = 14 steps of prefill; the engine may finish a step or two between the
-    # test reading its step count and the job arriving
-    assert 14 <= long_first - before <= 16
-    jobs = {e[0]: e[2] for e in log if e[1] == "done"}
-    assert jobs[0].produced == 40 and jobs[1].produced == 3
-    assert jobs[0].cpu_s + jobs[1].cpu_s == pytest.approx((engine.steps - steps0) * 1.0)
+    long_steps = [s for seq, s, *_ in log if seq == 1 and s != "done"]
+    # submitted during step 3, it joins step 4; its prefill fills steps 4..17; it samples its first
+    # token from step 17 and decodes one a step after
+    assert long_steps == [steps0 + 17, steps0 + 18, steps0 + 19]
+    assert short.produced == 40 and long.produced == 3
+    assert short.cpu_s + long.cpu_s == pytest.approx((engine.steps - steps0) * 1.0)
+    # steps 1-3: the short job alone; steps 4-17: 1 of 16 tokens (the last prefill chunk: 1 of
+    # 1 + 200 - 13 * 15 = 6); then one token each
+    prefill = 13 * (15 / 16) + 5 / 6
+    assert long.cpu_s == pytest.approx(prefill + 2 * 0.5)
     assert [engine.kv_cells(0), engine.kv_cells(1)] == [0, 0]
