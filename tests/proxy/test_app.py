@@ -9,7 +9,7 @@ from prometheus_client import REGISTRY
 
 from proxy.config import ConfigError, from_dict, load
 from tests.conftest import request_series
-from tests.fake_upstream import SEEN, TOOL_FRAGMENTS, USAGE, make_app
+from tests.fake_upstream import SEEN, SENT, TOOL_FRAGMENTS, USAGE, make_app
 
 
 @pytest.fixture
@@ -46,11 +46,12 @@ async def post(client, body: dict, headers=None):
 MSG = [{"role": "user", "content": "hi"}]
 
 
-async def test_stream_shape_and_usage_counted_when_upstream_sends_none(proxy):
-    r = await post(proxy, {"model": "echo", "messages": MSG, "stream": True, "n_tokens": 4,
-                           "stream_options": {"include_usage": True}})
+async def test_stream_shape_and_usage_counted_when_upstream_sends_none(proxy, fake):
+    body = {"model": "echo", "messages": MSG, "stream": True, "n_tokens": 4, "stream_options": {"include_usage": True}}
+    r = await post(proxy, body)
     assert r.status == 200 and r.headers["Content-Type"].startswith("text/event-stream")
-    events = sse(await r.read())
+    raw = await r.read()
+    events = sse(raw)
     assert events[-1] == "[DONE]"
     chunks = events[:-1]
     assert {c["id"] for c in chunks} == {chunks[0]["id"]} and len({c["created"] for c in chunks}) == 1
@@ -64,7 +65,17 @@ async def test_stream_shape_and_usage_counted_when_upstream_sends_none(proxy):
     assert all(c["usage"] is None for c in chunks[:-1])
     rec = final["edgemeter"]
     assert rec["usage_source"] == "chunks" and rec["completion_tokens"] == 4 and rec["mode"] == "local"
-    assert rec["ttft_s"] > 0 and rec["e2e_s"] >= rec["ttft_s"] and rec["bytes_up"] > 0 and rec["bytes_down"] > 0
+    # bytes: the body as sent; down, every frame before the usage chunk, which carries the record
+    # and so is not in it (nor is [DONE], written after)
+    assert rec["bytes_up"] == len(orjson.dumps(body))
+    frames = raw.split(b"\n\n")[:-3]  # less the usage chunk, [DONE] and the empty piece after it
+    assert rec["bytes_down"] == sum(len(f) + 2 for f in frames) and len(frames) == rec["chunks"] == 5  # 4 tokens, finish
+    # local, no network: the proxy's clock starts before the upstream's and stops after it, so each
+    # time holds the upstream's own (its log, same clock); the rest is proxy and loop time, unbounded here
+    sent = fake.app[SENT][-1]
+    assert sent.tokens[0] - sent.received <= rec["ttft_s"] <= rec["e2e_s"]
+    assert rec["e2e_s"] >= sent.finish - sent.received
+    assert rec["net_delay_s"]["total"] == 0
 
 
 async def test_no_usage_chunk_unless_asked(proxy):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from proxy.link import PRESETS
+from proxy.radio import LTE
 from tests.fake_upstream import SEEN, make_app
 from tests.proxy.test_placement import sample
 
@@ -39,7 +41,9 @@ async def test_rule_routes_short_prompt_to_device_and_long_to_cloud(split):
     assert (short["mode"], short["placement"], short["served_by"]) == ("local", "device", "m.device")
     assert short["auto"] == {"chosen": "local", "policy": "rules", "reason": "short_prompt", "scope": "call",
                              "prompt_tokens": 50, "prompt_tokens_source": "chars/4"}
-    assert short["bytes_up"] and short["net_delay_s"]["total"] == 0  # local: nothing crossed the 4G link
+    body = {"model": "m", "messages": [{"role": "user", "content": "x" * 200}], "max_tokens": 8}
+    assert short["bytes_up"] == len(orjson.dumps(body))
+    assert short["net_delay_s"]["total"] == 0 and short["radio_j"] == 0  # local: nothing crossed the 4G link
     assert (len(device_seen), len(cloud_seen)) == (1, 0)
 
     status, long = await ask(client, "x" * 204)     # 51 estimated tokens
@@ -47,7 +51,12 @@ async def test_rule_routes_short_prompt_to_device_and_long_to_cloud(split):
     assert (long["mode"], long["placement"], long["served_by"]) == ("hybrid", "cloud", "m.cloud")
     assert long["auto"]["chosen"] == "hybrid" and long["auto"]["reason"] == "default"
     assert long["auto"]["prompt_tokens"] == 51
-    assert long["net_delay_s"]["total"] > 0  # hybrid: the request went up the simulated 4G link
+    # hybrid: the request went up the simulated 4G link, this device's first use of it: the idle LTE
+    # radio's promotion and a new connection's two round trips are exact; 4G's path delay is jittered
+    d = long["net_delay_s"]
+    assert d["promotion"] == pytest.approx(LTE.idle.promotion_s, abs=1e-9)
+    assert d["handshake"] == pytest.approx(PRESETS["4g"].handshake_rtts * PRESETS["4g"].rtt_ms / 1000, abs=1e-9)
+    assert d["total"] == pytest.approx(sum(v for k, v in d.items() if k != "total"), abs=1e-12)
     assert (len(device_seen), len(cloud_seen)) == (1, 1)
 
     logged = [orjson.loads(x) for x in log.read_bytes().splitlines()]

