@@ -48,6 +48,7 @@ async def test_info_carries_effective_config_and_redacts_secrets(proxy_client):
     m = doc["models"]["cloud"]
     assert m["settings"]["api_key"] == "<redacted>" and m["base_url"] == "http://127.0.0.1:9/v1"
     assert m["engine_version"] is None  # nothing answers /version there
+    assert m["capacity"] is None  # an upstream server does not say how many requests it decodes together
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert doc["edgemeter"]["commit"] == head
 
