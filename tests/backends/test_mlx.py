@@ -142,15 +142,17 @@ def fake_cpu_clock(monkeypatch, per_read: float) -> list:
 SMOLLM2_KV_PER_TOKEN = 2 * 30 * 3 * 64 * 4  # K and V x 30 layers x 3 KV heads x head_dim 64 x float32
 
 
-def test_kv_bytes_per_sequence_from_the_architecture(mlx_path):
-    config = json.loads((Path(mlx_path) / "config.json").read_text())
+def test_kv_bytes_per_sequence_from_the_architecture():
+    # SmolLM2-135M as the converter writes its config.json
+    config = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
+              "hidden_size": 576, "dtype": "float32", "max_position_embeddings": 8192}
     assert mlx_backend.kv_bytes_per_sequence(config, 8192) == SMOLLM2_KV_PER_TOKEN * 8192 == 377_487_360
     half = {**config, "dtype": "bfloat16", "head_dim": None}  # head_dim from hidden_size / heads = 576 / 9
     assert mlx_backend.kv_bytes_per_sequence({"text_config": half}, 100) == 2 * 30 * 3 * 64 * 2 * 100
 
 
 @pytest.mark.parametrize("available,apple,batch", [
-    (10**9, False, 1),                        # the weights alone take 3/4 of it: still one sequence
+    (10**9, False, 1),                        # no room for one KV cache beside the weights: still one
     (4 * 10**9, False, 6),                    # (3e9 - 0.5e9) // 0.4e9 = 6
     (24 * 10**9, False, 8),                   # 43 would fit: the CPU cap
     (24 * 10**9, True, 32),                   # Apple silicon's cap

@@ -1,0 +1,80 @@
+"""The engine table's figures against hand-computed truth, and its driver against a scripted Backend."""
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+
+from backends.base import Backend, Finish, Scheduled, TextDelta, Usage
+from harness import data
+from harness.bench import engines
+from tests.harness_fixtures import data_dir
+
+
+def req(submitted, scheduled, first, last, prompt, completion, first_tokens=1):
+    return {"submitted": submitted, "scheduled": scheduled, "first": first, "last": last, "prompt_tokens": prompt,
+            "completion_tokens": completion, "first_tokens": first_tokens}
+
+
+def test_covered_is_the_union_of_spans():
+    assert engines.covered([(0, 2), (1, 3), (5, 6), (5.5, 5.8)]) == 4.0
+    assert engines.covered([]) == 0.0
+
+
+def test_summarize_by_hand():
+    # two requests overlapping in prefill (0.5..1.5 and 1..2: 1.5 s) and in decode (1.5..3.5 and 2..4: 2.5 s)
+    rows = [req(0.0, 0.5, 1.5, 3.5, prompt=100, completion=11), req(0.0, 1.0, 2.0, 4.0, prompt=50, completion=6,
+                                                                    first_tokens=2)]
+    out = engines.summarize(0.0, 5.0, rows)
+    assert out == {"problems_s": 2 / 5.0, "gen_tps": (10 + 4) / 2.5, "prefill_tps": 150 / 1.5,
+                   "ttft_s": (1.5 + 2.0) / 2, "completion_tokens": 8.5}
+
+
+class Scripted(Backend):
+    """A backend whose request i takes ``i`` + 2 tokens; it counts how many run at once."""
+    kind = "scripted"
+
+    def __init__(self):
+        super().__init__("scripted")
+        self.running = self.most = 0
+        self.bodies = []
+
+    async def generate(self, r):
+        self.bodies.append(r.body)
+        self.running += 1
+        self.most = max(self.most, self.running)
+        yield Scheduled()
+        n = 2 + len(self.bodies) % 3
+        for _ in range(n):
+            await asyncio.sleep(0.001)
+            yield TextDelta("x")
+        self.running -= 1
+        yield Finish("length")
+        yield Usage(10, n)
+
+
+async def test_measure_keeps_concurrency_in_flight(monkeypatch):
+    monkeypatch.delenv(data.ENV, raising=False)
+    b = Scripted()
+    monkeypatch.setattr(engines, "backend", lambda engine, args, c: b)
+    args = SimpleNamespace(problems=7, runs=2, max_tokens=5)
+    runs = await engines.measure("llama.cpp", args, 3)
+    assert b.most == 3 and len(b.bodies) == 14  # three in flight, 7 problems x 2 runs
+    assert {body["max_tokens"] for body in b.bodies} == {5} and {body["temperature"] for body in b.bodies} == {0}
+    assert [r["completion_tokens"] for r in runs] == [pytest.approx(sum(2 + i % 3 for i in range(1, 8)) / 7),
+                                                      pytest.approx(sum(2 + i % 3 for i in range(8, 15)) / 7)]
+    assert b.bodies[0]["messages"][1]["content"].startswith(engines.BUILT_IN[0])
+
+
+def test_problems_come_from_the_data_set_when_it_is_set(monkeypatch):
+    from harness.common import datasets
+    folder = data_dir("gsm8k")
+    monkeypatch.delenv(data.ENV, raising=False)
+    turns, origin = engines.problems(10)
+    assert origin.startswith("built-in") and len(turns) == 10 and turns[8] == turns[0]  # cycled
+    monkeypatch.setenv(data.ENV, str(folder))
+    turns, origin = engines.problems(3)
+    assert origin.startswith("GSM8K test split, first 3 of 1319")
+    assert [t[1]["content"].split("\n\n")[0] for t in turns] == [t.prompt for t in datasets.load("gsm8k")[:3]]
+    assert turns[0][0]["role"] == "system" and "FINAL ANSWER" in turns[0][0]["content"]
