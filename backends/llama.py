@@ -1,10 +1,11 @@
 """In-process llama.cpp (llama-cpp-python): the model runs inside the proxy, as on a phone or laptop.
 
-Generation owns the token loop (``Llama.generate``) instead of calling the high-level
-completion API, so that every token is counted exactly, timed where it is produced,
-and a cancelled request stops within one token. Each slot is one ``Llama`` with its
-own worker thread; requests beyond the slots wait in a FIFO queue, and the moment a
-request gets a slot is reported as ``Scheduled`` (the proxy's queue time).
+Requests decode together in one llama.cpp context (``backends/llama_engine.py``: continuous
+batching, as llama-server does), ``slots`` of them at once; the rest wait in a FIFO queue,
+and the moment a request gets a slot is reported as ``Scheduled`` (the proxy's queue time).
+This module renders prompts, builds each request's sampler settings and turns the engine's
+token ids into events: every token counted exactly, timed where it is produced, and a
+cancelled request stopped within one decode step.
 """
 from __future__ import annotations
 
@@ -13,19 +14,17 @@ import codecs
 import json
 import os
 import random
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator
 
 from backends import reasoning, tools
 from backends.base import (Backend, BackendError, Event, Finish, GenRequest, Scheduled, TextDelta, Usage, check_settings,
-                   drain)
+                           drain)
 from backends.sources import resolve_model
 from backends.text import StopFilter, parsed
 
 SETTINGS = {"source", "n_ctx", "slots", "chat_format", "n_threads", "n_batch", "warmup", "prompt_cache",
             "reasoning_parser"}
+
 
 
 def _load(path: str, **kw):
@@ -101,57 +100,66 @@ class LlamaBackend(Backend):
             v = settings.get(key, default)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{key}: must be a positive integer")
-        self.n_ctx = settings.get("n_ctx", 4096)
+        self.n_ctx = settings.get("n_ctx", 4096)  # per request: each sequence has its own cells
         self.n_slots = settings.get("slots", 1)
-        self.n_batch = settings.get("n_batch", 512)
-        # llama-cpp-python's default, one thread per physical core (cpu_count / 2), shared by the
-        # slots, for prompt and decode alike (its prompt default is every logical core): more
-        # threads than cores spin-wait against each other, 2.5x slower prompts here under load.
-        self.n_threads = settings.get("n_threads") or max(1, (os.cpu_count() or 2) // 2 // self.n_slots)
+        self.n_batch = settings.get("n_batch", 512)  # tokens per decode step: decoders plus prefill chunks
+        # llama-cpp-python's default, one thread per physical core (cpu_count / 2), for prompt and
+        # decode alike (its prompt default is every logical core): more threads than cores
+        # spin-wait against each other, 2.5x slower prompts here under load.
+        self.n_threads = settings.get("n_threads") or max(1, (os.cpu_count() or 2) // 2)
         self.chat_format = settings.get("chat_format")
         self.warmup = bool(settings.get("warmup", True))
-        # Off by default so identical requests give identical tokens; on, agent turns that
-        # extend the previous prompt skip re-evaluating it (llama.cpp server's cache_prompt).
+        # Off by default so identical requests give identical tokens; on, a request goes to the
+        # free slot holding the longest prefix of its prompt and skips re-evaluating it
+        # (llama-server's cache_prompt and slot similarity).
         self.prompt_cache = bool(settings.get("prompt_cache", False))
         self.reasoning_parser = reasoning.check_setting(settings.get("reasoning_parser"))
         self.template_tools = False  # the chat template renders `tools` itself (else a generic tools prompt)
-        self.slots: asyncio.Queue | None = None
+        self.tokenizer: GGUFTokenizer | None = None
+        self.engine = None
+        self.free: list[int] = []  # slots (sequence ids) not in use
+        self.admit: asyncio.Semaphore | None = None
         self.waiting = 0
-        self.active = 0  # generations running now (worker threads)
-        self.llms: list = []
-        self.formatter = None
-        self.executor: ThreadPoolExecutor | None = None
+
+    @property
+    def active(self) -> int:
+        """Requests holding a slot now."""
+        return self.n_slots - len(self.free) if self.engine else 0
+
+    def capacity(self) -> int:
+        return self.n_slots
 
     # --- lifecycle ---
     async def start(self) -> None:
-        path = str(resolve_model(self.source))
-        for _ in range(self.n_slots):
-            self.llms.append(await asyncio.to_thread(_load, path, n_ctx=self.n_ctx, n_batch=self.n_batch,
-                                                     n_threads=self.n_threads, n_threads_batch=self.n_threads))
-        self.formatter = chat_formatter(self.llms[0], self.chat_format)
+        from backends.llama_engine import BatchEngine
+        # The vocabulary first: loading it with verbose=False also quiets llama.cpp's log.
+        self.tokenizer = await asyncio.to_thread(GGUFTokenizer, self.source, self.chat_format)
+        self.formatter = self.tokenizer.formatter
+        self.engine = await asyncio.to_thread(
+            BatchEngine, str(resolve_model(self.source)), n_ctx=self.n_ctx, n_seq=self.n_slots,
+            n_batch=self.n_batch, n_threads=self.n_threads, prompt_cache=self.prompt_cache)
         self.template_tools = tools.template_renders_tools(
             lambda messages, offered: self.formatter(messages=messages, tools=offered).prompt)
-        self.executor = ThreadPoolExecutor(self.n_slots, thread_name_prefix=f"llama-{self.name}")
-        self.slots = asyncio.Queue()
-        for llm in self.llms:
-            if self.warmup:  # first decode allocates compute buffers; keep that out of measured requests
-                await asyncio.to_thread(lambda: list(zip(range(2), llm.generate(llm.tokenize(b"Hi"), temp=0))))
-            self.slots.put_nowait(llm)
+        self.free = list(range(self.n_slots))
+        self.admit = asyncio.Semaphore(self.n_slots)
+        if self.warmup:  # the first decode allocates compute buffers; keep that out of measured requests
+            async for _ in self.generate(GenRequest("completion", self.name, {"prompt": "Hi", "max_tokens": 2,
+                                                                                  "temperature": 0})):
+                pass
         self.ready = True
 
     async def close(self) -> None:
         self.ready = False
-        if self.executor:
-            self.executor.shutdown(wait=True, cancel_futures=True)
-        for llm in self.llms:
-            llm.close()
-        self.llms.clear()
+        if self.engine:
+            await asyncio.to_thread(self.engine.close)
+            self.engine = None
 
     def count_tokens(self, text: str) -> int | None:
-        return len(self.llms[0].tokenize(text.encode(), add_bos=False)) if text and self.llms else 0
+        return self.tokenizer.count(text) if self.tokenizer else None
 
     # --- generation ---
-    def _prompt_tokens(self, llm, req: GenRequest, plan: tools.ToolPlan | None = None) -> tuple[list[int], list[str]]:
+    def _prompt_tokens(self, req: GenRequest, plan: tools.ToolPlan | None = None) -> tuple[list[int], list[str]]:
+        llm = self.tokenizer.llm
         if req.kind == "completion":
             return llm.tokenize(req.body["prompt"].encode(), add_bos=True, special=False), []
         messages = _text_messages(req.body["messages"])
@@ -171,7 +179,7 @@ class LlamaBackend(Backend):
 
     @staticmethod
     def _grammar(plan: tools.ToolPlan | None):
-        """A forced call's grammar, built for this request only (each generate() gets its own sampler)."""
+        """A forced call's grammar, built for this request only (each sequence has its own sampler)."""
         schema = plan and plan.forced_schema()
         if schema is None:
             return None
@@ -181,96 +189,105 @@ class LlamaBackend(Backend):
         except Exception as e:  # a schema feature llama.cpp's converter does not support
             raise tools.schema_error(e) from None
 
+    def _sampling(self, body: dict, grammar):
+        from backends.llama_engine import Sampling
+        seed = body.get("seed")
+        return Sampling(temperature=float(body.get("temperature", 1.0)), top_p=float(body.get("top_p", 1.0)),
+                        seed=random.getrandbits(32) if seed is None else int(seed) & 0xFFFFFFFF,
+                        presence_penalty=float(body.get("presence_penalty", 0.0)),
+                        frequency_penalty=float(body.get("frequency_penalty", 0.0)),
+                        logit_bias=self._logit_bias(body.get("logit_bias")), grammar=grammar)
+
+    def _logit_bias(self, bias: dict | None) -> dict[int, float]:
+        """OpenAI's ``logit_bias`` (shape checked by the proxy) with token ids this vocabulary has."""
+        n_vocab = self.tokenizer.llm.n_vocab()
+        out = {int(k): float(v) for k, v in (bias or {}).items()}
+        if any(not 0 <= tok < n_vocab for tok in out):
+            raise BackendError(f"'logit_bias' names a token id outside this model's vocabulary (0 to {n_vocab - 1})",
+                               status=400, cause="invalid_request", type="invalid_request_error", param="logit_bias",
+                               code="invalid_value")
+        return out
+
+    def _slot(self, prompt: list[int]) -> int:
+        """A free sequence: with the prompt cache, the one holding the longest prefix of the prompt."""
+        if self.prompt_cache:
+            best = max(self.free, key=lambda seq: self.engine.common_prefix(seq, prompt))
+            self.free.remove(best)
+            return best
+        return self.free.pop()
+
+    def _release(self, seq: int) -> None:
+        self.free.append(seq)
+        self.admit.release()
+
     async def generate(self, req: GenRequest) -> AsyncIterator[Event]:
-        loop = asyncio.get_running_loop()
+        from backends.llama_engine import Job
+        plan = tools.ToolPlan.from_body(req.body) if req.kind == "chat" else None
+        tokens, template_stops = self._prompt_tokens(req, plan)
+        budget = self.n_ctx - len(tokens)
+        if budget <= 0:
+            raise BackendError(f"prompt has {len(tokens)} tokens; the context window is {self.n_ctx}",
+                               status=400, cause="context_length_exceeded", type="invalid_request_error",
+                               param="messages", code="context_length_exceeded")
+        grammar = self._grammar(plan)
+        sampling = self._sampling(req.body, grammar)
         self.waiting += 1
         try:
-            llm = await self.slots.get()
+            await self.admit.acquire()
         finally:
             self.waiting -= 1
-        yield Scheduled()
+        loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-        cancel = threading.Event()
-        plan = tools.ToolPlan.from_body(req.body) if req.kind == "chat" else None
-        try:
-            tokens, template_stops = self._prompt_tokens(llm, req, plan)
-            grammar = self._grammar(plan)
-        except BaseException:
-            self.slots.put_nowait(llm)
-            raise
         emit = lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev)  # noqa: E731
-        future = loop.run_in_executor(self.executor, self._run, llm, tokens, req, template_stops, grammar, emit,
-                                      cancel)
-        # The slot returns only when the worker has really stopped, even if the client left.
-        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self.slots.put_nowait, llm))
-        thinking = None
-        if self.reasoning_parser and req.kind == "chat":
-            thinking = reasoning.ReasoningParser(self.reasoning_parser, req.body.get("chat_template_kwargs"))
-        out = parsed(drain(events, cancel), thinking, plan and tools.ToolCallParser(plan, grammar is not None))
+        stream = _TokenText(self.tokenizer.llm, req.stop + template_stops, emit)
+        seq = self._slot(tokens)
+        job = Job(seq=seq, prompt=tokens, max_tokens=min(req.max_tokens or budget, budget), sampling=sampling,
+                  on_token=stream.token, on_done=stream.done,
+                  release=lambda: loop.call_soon_threadsafe(self._release, seq))
+        self.engine.submit(job)  # the slot returns only when the engine has freed it, even if the client left
         try:
-            async for ev in out:
-                yield ev
+            yield Scheduled()
+            thinking = None
+            if self.reasoning_parser and req.kind == "chat":
+                thinking = reasoning.ReasoningParser(self.reasoning_parser, req.body.get("chat_template_kwargs"))
+            out = parsed(drain(events, job.cancel), thinking, plan and tools.ToolCallParser(plan, grammar is not None))
+            try:
+                async for ev in out:
+                    yield ev
+            finally:
+                await out.aclose()
         finally:
-            await out.aclose()
+            job.cancel.set()
 
-    def _run(self, llm, prompt: list[int], req: GenRequest, template_stops: list[str], grammar, emit,
-             cancel) -> None:
-        """Worker thread: the token loop. Emits TextDelta per token, then Finish and Usage."""
-        import llama_cpp
-        # ggml computes on its own thread pool, so the worker thread's CPU time misses most of
-        # the work: take process CPU time and split it evenly among concurrent generations.
-        cpu0 = time.process_time()
-        self.active += 1
-        try:
-            budget = self.n_ctx - len(prompt)
-            if budget <= 0:
-                raise BackendError(f"prompt has {len(prompt)} tokens; the context window is {self.n_ctx}",
-                                   status=400, cause="context_length_exceeded", type="invalid_request_error",
-                                   param="messages", code="context_length_exceeded")
-            max_tokens = min(req.max_tokens or budget, budget)
-            body = req.body
-            if not self.prompt_cache:
-                # Reusing the cached prompt prefix evaluates the rest in other batch shapes, which
-                # moves logits by rounding: the same request could then give different tokens.
-                llm.reset()
-            seed = body.get("seed")
-            llm.set_seed(random.getrandbits(32) if seed is None else int(seed) & 0xFFFFFFFF)
-            stops = StopFilter(req.stop + template_stops)
-            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            vocab = llm._model.vocab
-            produced = unreported = 0
-            reason, hit = "length", False
-            for tok in llm.generate(prompt, temp=float(body.get("temperature", 1.0)),
-                                    top_p=float(body.get("top_p", 1.0)), top_k=0, min_p=0.0,
-                                    presence_penalty=float(body.get("presence_penalty", 0.0)),
-                                    frequency_penalty=float(body.get("frequency_penalty", 0.0)), reset=True,
-                                    grammar=grammar):
-                if cancel.is_set():
-                    reason = "cancelled"
-                    break
-                if llama_cpp.llama_vocab_is_eog(vocab, tok):
-                    reason = "stop"
-                    break
-                produced += 1
-                unreported += 1
-                text, hit = stops.feed(decoder.decode(llm.detokenize([tok], special=False)))
-                if text:
-                    emit(TextDelta(text, unreported))
-                    unreported = 0
-                if hit:
-                    reason = "stop"
-                    break
-                if produced >= max_tokens:
-                    break
-            if not hit:  # a stop string drops what follows it; otherwise flush what was held back
-                tail, _ = stops.feed(decoder.decode(b"", final=True))
-                tail += stops.pending
-                if tail:
-                    emit(TextDelta(tail, unreported))
-            emit(Finish(reason))
-            emit(Usage(len(prompt), produced, cpu_s=(time.process_time() - cpu0) / self.active))
-        except BaseException as e:  # surfaces in the event loop, never dies silently in the thread
-            emit(e if isinstance(e, BackendError) else BackendError(f"llama.cpp failed: {e}", status=500,
-                                                                     cause="backend_failure", type="server_error"))
-        finally:
-            self.active -= 1
+
+class _TokenText:
+    """One request's token ids to text events, on the engine thread: UTF-8 decoded across token
+    boundaries, stop strings cut (and what could still start one held back), tokens counted."""
+
+    def __init__(self, llm, stops: list[str], emit):
+        self.llm, self.emit = llm, emit
+        self.stops = StopFilter(stops)
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.unreported = 0  # tokens not yet carried by a TextDelta
+        self.hit = False
+
+    def token(self, tok: int) -> bool:
+        self.unreported += 1
+        text, self.hit = self.stops.feed(self.decoder.decode(self.llm.detokenize([tok], special=False)))
+        if text:
+            self.emit(TextDelta(text, self.unreported))
+            self.unreported = 0
+        return self.hit
+
+    def done(self, job, reason) -> None:
+        if isinstance(reason, BaseException):  # surfaces in the event loop, never dies silently in the thread
+            self.emit(BackendError(f"llama.cpp failed: {reason}", status=500, cause="backend_failure",
+                                   type="server_error"))
+            return
+        if not self.hit:  # a stop string drops what follows it; otherwise flush what was held back
+            tail, _ = self.stops.feed(self.decoder.decode(b"", final=True))
+            tail += self.stops.pending
+            if tail:
+                self.emit(TextDelta(tail, self.unreported))
+        self.emit(Finish(reason))
+        self.emit(Usage(len(job.prompt), job.produced, cpu_s=job.cpu_s))

@@ -34,6 +34,18 @@ def _integer(body: dict, key: str, lo: int, hi: int) -> None:
         raise bad_request(f"'{key}' must be between {lo} and {hi}, got {v}", key)
 
 
+def _logit_bias(bias: Any) -> None:
+    """OpenAI's shape: token ids as string keys, each to a bias from -100 to 100."""
+    if bias is None:
+        return
+    ok = isinstance(bias, dict) and all(
+        k.isdigit() and not isinstance(v, bool) and isinstance(v, (int, float)) and -100 <= v <= 100
+        for k, v in bias.items())
+    if not ok:
+        raise bad_request("'logit_bias' must map token ids (strings of digits) to numbers between -100 and 100",
+                          "logit_bias", "invalid_type")
+
+
 def _common(body: Any) -> None:
     if not isinstance(body, dict):
         raise bad_request("request body must be a JSON object", None, "invalid_type")
@@ -55,6 +67,7 @@ def _common(body: Any) -> None:
     _number(body, "presence_penalty", -2, 2)
     _number(body, "frequency_penalty", -2, 2)
     _integer(body, "seed", -(2**63), 2**64 - 1)
+    _logit_bias(body.get("logit_bias"))
     _integer(body, "n", 1, 1)  # one choice per request: each choice is its own measured stream
     stop = body.get("stop")
     if stop is not None and not isinstance(stop, str):

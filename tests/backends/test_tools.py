@@ -13,6 +13,7 @@ import pytest
 from backends.base import Finish, TextDelta, ToolCallDelta, Usage
 from backends.text import parsed
 from backends.tools import ToolCallParser, ToolPlan
+from tests.backends.test_llama import submitted_jobs
 from tests.conftest import local_model, wait_ready
 
 # Units the model would not write unprompted: only the grammar makes a call carry them.
@@ -124,8 +125,9 @@ def backend_of(server):
     return server.app[ROUTER].models["smollm2"]["device"].backend
 
 
-async def test_forced_call_validates_against_the_schema(client, server):
+async def test_forced_call_validates_against_the_schema(client, server, monkeypatch):
     """Fails without the grammar: unconstrained, SmolLM2 answers in prose and never says rankine or reaumur."""
+    jobs = submitted_jobs(backend_of(server), monkeypatch)
     r = await client.chat.completions.create(model="smollm2", messages=MSG, tools=TOOLS, tool_choice=NAMED,
                                              temperature=0, max_tokens=80)
     choice = r.choices[0]
@@ -134,11 +136,10 @@ async def test_forced_call_validates_against_the_schema(client, server):
     assert call.type == "function" and call.function.name == "get_weather" and call.id.startswith("call_")
     jsonschema.validate(json.loads(call.function.arguments), WEATHER)
     assert choice.message.content is None
-    # usage is the engine's: the context holds exactly the prompt and the generated tokens
+    # usage is the engine's: it evaluated exactly the prompt and the generated tokens
     # (the end-of-generation token that closed the call is sampled, never evaluated)
-    llms = backend_of(server).llms
     assert r.usage.completion_tokens > len(call.function.arguments) // 8
-    assert any(llm.n_tokens == r.usage.prompt_tokens + r.usage.completion_tokens for llm in llms)
+    assert len(jobs[-1].fed) == r.usage.prompt_tokens + r.usage.completion_tokens
     record = r.model_extra["edgemeter"]
     assert record["completion_tokens"] == r.usage.completion_tokens and record["finish_reason"] == "tool_calls"
 
