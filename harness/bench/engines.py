@@ -12,11 +12,14 @@ $EDGEMETER_DATA's GSM8K when that is set, else a built-in set; the output says w
 with ``concurrency`` in flight, greedy, at most ``--max-tokens`` each. Per run:
 
   problems/s     problems finished / wall time (submit of the first to the end of the last);
-  gen tok/s      aggregate decode: tokens after each request's first / the time some request
-                 was decoding (union of first-token..last-token spans);
+  gen tok/s      aggregate decode over decode-only time: the run's timeline is cut at every
+                 token event; a piece during which no request was in prefill counts, with the
+                 tokens made at its end (first tokens excluded), so prefill work that an engine
+                 interleaves with decoding does not pass for slow decoding;
   prefill tok/s  aggregate prompt processing: prompt tokens / the time some request was in
                  prefill (union of scheduled..first-token spans; a batching engine decodes
                  others during it, so this is a lower bound of its prefill rate);
+  TTFT           submit to first token, queueing included;
   peak RSS       the process's maximum resident set.
 Figures are mean ± std over ``--runs`` after the backend's own warmup. Writes engines.json and
 engines.md to ``--out`` and prints the table.
@@ -83,13 +86,28 @@ def covered(spans: list[tuple[float, float]]) -> float:
     return total
 
 
+def decode_rate(requests: list[dict]) -> float:
+    """Tokens per second over the pieces of the timeline (between consecutive token events) during
+    which no request was in prefill; each piece counts the tokens made at its end."""
+    made: dict[float, int] = {}
+    for r in requests:
+        for t, n in r["decoded"]:
+            made[t] = made.get(t, 0) + n
+    times = sorted({t for r in requests for t, _ in [*r["decoded"], (r["first"], 0)] if t is not None})
+    tokens = seconds = 0.0
+    for a, b in zip(times, times[1:]):
+        if not any(r["scheduled"] < b and r["first"] is not None and b <= r["first"] for r in requests):
+            tokens += made.get(b, 0)
+            seconds += b - a
+    return tokens / seconds if seconds else 0.0
+
+
 def summarize(t0: float, t_end: float, requests: list[dict]) -> dict:
-    """One run's figures from its requests (scheduled, first and last token times, token counts)."""
+    """One run's figures from its requests (scheduled and first-token times, the later tokens'
+    times, token counts)."""
     started = [r for r in requests if r["first"] is not None]
-    decoded = sum(r["completion_tokens"] - r["first_tokens"] for r in started)
-    decoding = covered([(r["first"], r["last"]) for r in started])
     return {"problems_s": len(requests) / (t_end - t0),
-            "gen_tps": decoded / decoding if decoding else 0.0,
+            "gen_tps": decode_rate(requests),
             "prefill_tps": sum(r["prompt_tokens"] for r in started) / covered([(r["scheduled"], r["first"])
                                                                              for r in started]),
             "ttft_s": statistics.mean(r["first"] - r["submitted"] for r in started),
@@ -110,15 +128,16 @@ def backend(engine: str, args, concurrency: int):
 
 async def solve(b, messages: list[dict], max_tokens: int) -> dict:
     from backends.base import GenRequest, Scheduled, TextDelta, Usage
-    r = {"submitted": time.perf_counter(), "scheduled": None, "first": None, "last": None, "first_tokens": 0}
+    r = {"submitted": time.perf_counter(), "scheduled": None, "first": None, "decoded": []}
     body = {"messages": messages, "temperature": 0, "max_tokens": max_tokens}
     async for ev in b.generate(GenRequest("chat", "bench", body)):
         if isinstance(ev, Scheduled):
             r["scheduled"] = ev.t
         elif isinstance(ev, TextDelta) and ev.tokens:
             if r["first"] is None:
-                r["first"], r["first_tokens"] = ev.t, ev.tokens
-            r["last"] = ev.t
+                r["first"] = ev.t
+            else:
+                r["decoded"].append((ev.t, ev.tokens))
         elif isinstance(ev, Usage):
             r["prompt_tokens"], r["completion_tokens"] = ev.prompt_tokens, ev.completion_tokens
     return r

@@ -12,9 +12,9 @@ from harness.bench import engines
 from tests.harness_fixtures import data_dir
 
 
-def req(submitted, scheduled, first, last, prompt, completion, first_tokens=1):
-    return {"submitted": submitted, "scheduled": scheduled, "first": first, "last": last, "prompt_tokens": prompt,
-            "completion_tokens": completion, "first_tokens": first_tokens}
+def req(scheduled, first, decoded, prompt, completion):
+    return {"submitted": 0.0, "scheduled": scheduled, "first": first, "decoded": decoded, "prompt_tokens": prompt,
+            "completion_tokens": completion}
 
 
 def test_covered_is_the_union_of_spans():
@@ -23,12 +23,13 @@ def test_covered_is_the_union_of_spans():
 
 
 def test_summarize_by_hand():
-    # two requests overlapping in prefill (0.5..1.5 and 1..2: 1.5 s) and in decode (1.5..3.5 and 2..4: 2.5 s)
-    rows = [req(0.0, 0.5, 1.5, 3.5, prompt=100, completion=11), req(0.0, 1.0, 2.0, 4.0, prompt=50, completion=6,
-                                                                    first_tokens=2)]
-    out = engines.summarize(0.0, 5.0, rows)
-    assert out == {"problems_s": 2 / 5.0, "gen_tps": (10 + 4) / 2.5, "prefill_tps": 150 / 1.5,
-                   "ttft_s": (1.5 + 2.0) / 2, "completion_tokens": 8.5}
+    # B joins while A decodes: A's tokens at 1.5 and 2.0 come from steps that also ran B's prefill
+    # (1.2..2.0), so only the pieces 2..3 and 3..4 are decode-only: 2 + 2 tokens (B's pair at 4.0) in 2 s
+    a = req(0.0, 1.0, [(1.5, 1), (2.0, 1), (3.0, 1)], prompt=100, completion=4)
+    b = req(1.2, 2.0, [(3.0, 1), (4.0, 2)], prompt=50, completion=4)
+    out = engines.summarize(0.0, 5.0, [a, b])
+    assert out == {"problems_s": 2 / 5.0, "gen_tps": 4 / 2.0, "prefill_tps": pytest.approx(150 / 1.8, rel=1e-12),
+                   "ttft_s": (1.0 + 2.0) / 2, "completion_tokens": 4}
 
 
 class Scripted(Backend):
