@@ -24,12 +24,13 @@ def test_covered_is_the_union_of_spans():
 
 def test_summarize_by_hand():
     # B joins while A decodes: A's tokens at 1.5 and 2.0 come from steps that also ran B's prefill
-    # (1.2..2.0), so only the pieces 2..3 and 3..4 are decode-only: 2 + 2 tokens (B's pair at 4.0) in 2 s
+    # (1.2..2.0), so only the pieces 2..3 and 3..4 are decode-only: 2 + 3 tokens (B's three at 4.0) in 2 s
+    # (counting every piece would give 7 tokens in 3 s)
     a = req(0.0, 1.0, [(1.5, 1), (2.0, 1), (3.0, 1)], prompt=100, completion=4)
-    b = req(1.2, 2.0, [(3.0, 1), (4.0, 2)], prompt=50, completion=4)
+    b = req(1.2, 2.0, [(3.0, 1), (4.0, 3)], prompt=50, completion=5)
     out = engines.summarize(0.0, 5.0, [a, b])
-    assert out == {"problems_s": 2 / 5.0, "gen_tps": 4 / 2.0, "prefill_tps": pytest.approx(150 / 1.8, rel=1e-12),
-                   "ttft_s": (1.0 + 2.0) / 2, "completion_tokens": 4}
+    assert out == {"problems_s": 2 / 5.0, "gen_tps": 5 / 2.0, "prefill_tps": pytest.approx(150 / 1.8, rel=1e-12),
+                   "ttft_s": (1.0 + 2.0) / 2, "completion_tokens": 4.5}
 
 
 class Scripted(Backend):
