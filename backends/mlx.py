@@ -17,6 +17,7 @@ import ctypes
 import ctypes.util
 import json
 import os
+import platform
 import queue
 import sys
 import threading
@@ -57,6 +58,61 @@ from mlx_lm.sample_utils import apply_top_p, make_logits_processors, make_sample
 from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer, _byte_decoder  # noqa: E402
 
 SETTINGS = {"path", "max_batch", "n_ctx", "warmup", "temperature", "top_p", "max_tokens", "reasoning_parser"}
+
+#: The default batch's ceiling. Apple silicon: mlx-lm's own BatchGenerator default
+#: (completion_batch_size=32); the GPU keeps gaining aggregate tok/s past it (the agent-placement study
+#: ran batch 100 on an M2 Max), so set max_batch higher there for throughput alone. CPU (Linux): 8, as a
+#: few cores' compute is shared by the whole batch, every step gets slower as it grows, and each
+#: request's latency with it (docs/mlx-and-quality.md has the measured table).
+MAX_BATCH_CAP = {"apple_silicon": 32, "cpu": 8}
+#: Share of the available memory the default batch may plan to fill (weights + every sequence's KV
+#: cache at n_ctx); the rest is headroom for activations, the proxy and the rest of the machine.
+MEMORY_SHARE = 0.75
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def kv_bytes_per_sequence(config: dict, n_ctx: int) -> int:
+    """One sequence's KV cache at ``n_ctx`` tokens: keys and values of every layer, in the dtype
+    mlx-lm's KVCache takes from the activations (the config's dtype; 2 bytes when it says none).
+    Sliding-window layers (Gemma 3) keep less, so this is an upper bound for them."""
+    config = config.get("text_config", config)
+    heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    dtype = config.get("dtype") or config.get("torch_dtype")
+    return (2 * config["num_hidden_layers"] * config.get("num_key_value_heads", heads) * head_dim * n_ctx
+            * _DTYPE_BYTES.get(dtype, 2))
+
+
+def fitting_batch(weights_bytes: int, kv_per_sequence: int, available_bytes: int, apple_silicon: bool) -> int:
+    """The largest batch whose weights and KV caches fit ``MEMORY_SHARE`` of the available memory,
+    at least 1, at most the platform's cap."""
+    fits = int((available_bytes * MEMORY_SHARE - weights_bytes) // kv_per_sequence)
+    return max(1, min(MAX_BATCH_CAP["apple_silicon" if apple_silicon else "cpu"], fits))
+
+
+def is_apple_silicon() -> bool:
+    return sys.platform == "darwin" and platform.machine() == "arm64"
+
+
+def default_max_batch(folder: Path, n_ctx: int | None) -> tuple[int, dict]:
+    """``max_batch`` when the config sets none, from the model folder (safetensors on disk, the
+    architecture in config.json) and psutil's available memory (Linux: MemAvailable of
+    /proc/meminfo; macOS: free + inactive pages), read before the weights load. Returns the
+    batch and the figures it came from."""
+    import psutil
+    config = json.loads((folder / "config.json").read_text())
+    n_ctx = n_ctx or context_length(config)
+    figures = {"weights_bytes": sum(f.stat().st_size for f in folder.glob("*.safetensors")),
+               "kv_bytes_per_sequence": kv_bytes_per_sequence(config, n_ctx), "n_ctx": n_ctx,
+               "available_bytes": psutil.virtual_memory().available, "apple_silicon": is_apple_silicon()}
+    batch = fitting_batch(figures["weights_bytes"], figures["kv_bytes_per_sequence"], figures["available_bytes"],
+                          figures["apple_silicon"])
+    return batch, figures
+
+
+def context_length(config: dict) -> int:
+    return int(config.get("max_position_embeddings") or config.get("text_config", {}).get("max_position_embeddings")
+               or 4096)
 
 
 def seeded_sampler(temp: float, top_p: float, seed: int) -> Callable:
@@ -185,7 +241,8 @@ class MLXBackend(Backend):
             v = settings.get(key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi):
                 raise ValueError(f"{key}: must be a number in [{lo}, {hi}]")
-        self.max_batch = settings.get("max_batch", 4)
+        self.max_batch = settings.get("max_batch")  # default: what fits memory, set by start()
+        self.max_batch_figures: dict | None = None  # what the default came from
         self.max_tokens = settings.get("max_tokens")
         self.temperature = float(settings.get("temperature", 1.0))  # OpenAI's defaults
         self.top_p = float(settings.get("top_p", 1.0))
@@ -207,6 +264,8 @@ class MLXBackend(Backend):
         if not (self.path / "config.json").is_file():
             raise FileNotFoundError(f"no MLX model folder at {self.path} "
                                     "(make one: python -m backends.quality.convert --gguf SOURCE --out DIR)")
+        if self.max_batch is None:
+            self.max_batch, self.max_batch_figures = default_max_batch(self.path, self.n_ctx)
         self._slots = asyncio.Semaphore(self.max_batch)
         loaded: Future = Future()
         self._thread = threading.Thread(target=self._serve, args=(loaded,), name=f"mlx-{self.name}", daemon=True)
@@ -221,6 +280,9 @@ class MLXBackend(Backend):
             await asyncio.to_thread(self._thread.join)
             self._thread = None
         self.model = None
+
+    def capacity(self) -> int | None:
+        return self.max_batch
 
     def count_tokens(self, text: str) -> int | None:
         if self.tokenizer is None:
@@ -267,8 +329,7 @@ class MLXBackend(Backend):
     def _serve(self, loaded: Future) -> None:
         try:
             self.model, self.tokenizer, config = load(str(self.path), return_config=True)
-            self.n_ctx = self.n_ctx or int(config.get("max_position_embeddings") or config.get(
-                "text_config", {}).get("max_position_embeddings") or 4096)
+            self.n_ctx = self.n_ctx or context_length(config)
             self.eos = set(self.tokenizer.eos_token_ids)
             if self.tokenizer.chat_template is not None:
                 self.template_tools = tools.template_renders_tools(

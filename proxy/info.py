@@ -1,9 +1,10 @@
 """GET /edgemeter/v1/info: what a reader needs to reproduce or refute a number this proxy measured.
 
 Per model: the weights' sha256, format and quantization, the engine and its version,
-backend and placement. For the server: the effective config (every network preset with
-every parameter, the radio profiles they use, the energy method and device profile, the
-seed; secrets redacted) and Edgemeter's version and git commit. Hashing a GGUF takes
+backend and placement, and its capacity (the batch it decodes together). For the server:
+the effective config (every network preset with every parameter, the radio profiles they
+use, the energy method and device profile, the seed; secrets redacted) and Edgemeter's
+version and git commit. Hashing a GGUF takes
 seconds, so each model's file is hashed once, in a thread, when the proxy starts.
 """
 from __future__ import annotations
@@ -176,7 +177,10 @@ class Info:
         settings = block if key == name else block.get(served.placement, {})
         out = {"model": name, "backend": backend.kind,
                "placement": "device and cloud (stand-in)" if served.emulated else served.placement,
-               "host": served.host, "settings": redact(settings), **engine(backend)}
+               "host": served.host, "settings": redact(settings), **engine(backend),
+               # requests the engine decodes together (vLLM's max_num_seqs, llama-server's total_slots);
+               # None when it does not say: what a bulk client should keep in flight
+               "capacity": backend.capacity()}
         if backend.kind == "upstream":
             out["base_url"] = backend.base_url
             out["upstream_model"] = backend.upstream_model

@@ -4,7 +4,8 @@ accuracy next to latency, tokens, network delay and energy.
 Two ways to run:
   accurate  one task at a time, warm-up attempts discarded, ``--repeats`` per sample, so
             latency and energy figures come with spread and confidence intervals;
-  bulk      ``--concurrency N`` agents at once (each its own device), for throughput.
+  bulk      ``--concurrency N`` agents at once (each its own device), for throughput;
+            without ``--concurrency``, as many as the proxy says its engine decodes together.
 A sweep covers mode x network preset x model from one command (``--modes``,
 ``--networks``, ``--models`` or a ``--sweep`` YAML) using Edgemeter's per-request
 headers, so nothing restarts. Every attempt is one line in ``results.jsonl``; a
@@ -103,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--k", default="1", help="comma-separated k values for pass@k")
     a("--run-mode", choices=("accurate", "bulk"), default=None,
       help="default: bulk when --concurrency > 1, else accurate")
-    a("--concurrency", type=int, default=1)
+    a("--concurrency", type=int, default=None,
+      help="agents at once in bulk mode (default: the model's capacity from the proxy's /edgemeter/v1/info, "
+           "the batch its engine decodes together; 1 when the server does not say)")
     a("--repeats", type=int, default=None,
       help=f"repeats of each sample (accurate mode; default {ACCURATE_REPEATS}, the report says when fewer ran)")
     a("--order-seed", type=int, default=None,
@@ -332,6 +335,27 @@ class Runner:
         await asyncio.gather(*(agent_slot(i) for i in range(concurrency)))
 
 
+async def bulk_concurrency(client: OpenAIClient, combos: list[Combo]) -> dict:
+    """A bulk run's concurrency when ``--concurrency`` is not given: the capacity Edgemeter reports
+    for the sweep's models (``GET /edgemeter/v1/info``, each served backend's batch), the smallest
+    when they differ so that no engine queues; 1 when the server reports none."""
+    names = sorted({c.model for c in combos if c.model})
+    info = await provenance.server_info(client)
+    capacities = {key: m["capacity"] for key, m in (info.get("models") or {}).items()
+                  if m.get("model") in names and m.get("capacity")}
+    if not capacities:
+        why = info.get("unavailable") or f"no capacity reported for {', '.join(names) or 'the default model'}"
+        return {"value": 1, "source": "default",
+                "reason": f"concurrency 1: the server does not say how many requests its engine decodes "
+                          f"together ({why}); pass --concurrency"}
+    value = min(capacities.values())
+    listed = ", ".join(f"{k} {v}" for k, v in sorted(capacities.items()))
+    return {"value": value, "source": "proxy capacity", "capacities": capacities,
+            "reason": f"concurrency {value}: the capacity the proxy reports (the batch its engine decodes "
+                      f"together: {listed})" + ("; the smallest, so that no engine queues" if len(capacities) > 1
+                                                 else "")}
+
+
 async def _default_model(client: OpenAIClient) -> str | None:
     """The server's first model, for sweep points that name none."""
     try:
@@ -364,8 +388,9 @@ async def _run(args) -> int:
     ks = [int(k) for k in _csv(args.k)]
     if any(k < 1 or k > args.n for k in ks):
         raise SystemExit(f"every k must be within 1..n (n={args.n}, k={ks})")
-    run_mode = args.run_mode or ("bulk" if args.concurrency > 1 else "accurate")
-    concurrency = args.concurrency if run_mode == "bulk" else 1
+    if args.concurrency is not None and args.concurrency < 1:
+        raise SystemExit(f"--concurrency must be at least 1, got {args.concurrency}")
+    run_mode = args.run_mode or ("bulk" if (args.concurrency or 1) > 1 else "accurate")
     repeats = (args.repeats or ACCURATE_REPEATS) if run_mode == "accurate" else 1
     order_seed = args.order_seed if args.order_seed is not None else (args.seed or 0)
     warmup = args.warmup if args.warmup is not None else (1 if run_mode == "accurate" else 0)
@@ -376,9 +401,19 @@ async def _run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = ResultsFile(out / "results.jsonl")
+    async with OpenAIClient(args.base_url, api_key=args.api_key, timeout_s=args.timeout) as probe:
+        combos = load_combos(args, None if _csv(args.models) else await _default_model(probe))
+        if run_mode == "accurate":
+            chosen = {"value": 1, "source": "accurate mode", "reason": "concurrency 1: accurate mode"}
+        elif args.concurrency is not None:
+            chosen = {"value": args.concurrency, "source": "--concurrency",
+                      "reason": f"concurrency {args.concurrency}: given by --concurrency"}
+        else:
+            chosen = await bulk_concurrency(probe, combos)
+    concurrency = chosen["value"]
+    print(chosen["reason"], file=sys.stderr)
     async with OpenAIClient(args.base_url, api_key=args.api_key, timeout_s=args.timeout,
                             max_connections=max(4, 2 * concurrency)) as client:
-        combos = load_combos(args, None if _csv(args.models) else await _default_model(client))
         done = results.done_keys()
         jobs = [j for j in interleave(plan(tasks, combos, args.n, repeats), order_seed) if j.key() not in done]
         try:
@@ -390,7 +425,7 @@ async def _run(args) -> int:
             _write_run_info(out, args, run_mode, combos, ks, sandbox.isolation, sources, prov,
                             {"design": "randomized complete block (sweep points shuffled per task attempt)",
                              "seed": order_seed}, repeats,
-                            arrivals(args, order_seed))
+                            arrivals(args, order_seed), chosen)
             runner = Runner(args, client, sandbox, results, run_mode)
             runner.gaps = Gaps(args.task_gap, order_seed)
             print(f"{len(jobs)} attempts to run ({len(done)} already recorded), {len(combos)} sweep point(s), "
@@ -438,9 +473,10 @@ def agent_prompts() -> dict:
 
 def _write_run_info(out: Path, args, run_mode: str, combos: list[Combo], ks: list[int], isolation: list[str],
                     sources: dict[str, Source], prov: dict | None = None, order: dict | None = None,
-                    repeats: int | None = None, arrivals: dict | None = None) -> None:
+                    repeats: int | None = None, arrivals: dict | None = None,
+                    concurrency: dict | None = None) -> None:
     info = {"args": {k: v for k, v in vars(args).items() if k != "api_key"}, "run_mode": run_mode, "k": ks,
-            "repeats": repeats, "order": order, "arrivals": arrivals,
+            "repeats": repeats, "concurrency": concurrency, "order": order, "arrivals": arrivals,
             "combos": [asdict(c) for c in combos], "sandbox_isolation": isolation,
             "datasets": {name: src.record() for name, src in sources.items()}, "provenance": prov,
             "written_at": time.time()}

@@ -5,6 +5,7 @@ Benchmarks:
   link      the simulated link against its configured figures, per preset
   llama     proxy vs direct llama-cpp-python on the same model
   mlx       MLX vs llama.cpp on the same model at several concurrencies
+  engines   the engine table: llama.cpp and MLX per batch size (gen and prefill tok/s, memory, problems/s)
   quality   perplexity and the quantization ladder, with paired error bars
   replay    replay against live runs, and the speed of a full replay sweep
   sandbox   per-call cost of the code sandbox
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 
-BENCHMARKS = ("overhead", "link", "llama", "mlx", "quality", "replay", "sandbox", "energy")
+BENCHMARKS = ("overhead", "link", "llama", "mlx", "engines", "quality", "replay", "sandbox", "energy")
 
 
 def main(argv: list[str]) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
 import orjson
 import pytest
@@ -122,14 +124,71 @@ def test_settings_are_checked():
         create("m", {"backend": "mlx", "path": "x", "n_ctx": 0})
 
 
-async def test_events_usage_and_text_match_the_tokenizer(start):
+def fake_cpu_clock(monkeypatch, per_read: float) -> list:
+    """The backend's process CPU clock advancing ``per_read`` s at each reading (two per batch
+    step: a step costs ``per_read`` CPU-seconds), and a list that counts the batch steps."""
+    import itertools
+    import time
+    from types import SimpleNamespace
+    ticks = itertools.count()
+    monkeypatch.setattr(mlx_backend, "time", SimpleNamespace(perf_counter=time.perf_counter,
+                                                             process_time=lambda: per_read * next(ticks)))
+    steps = []
+    step = mlx_backend.BatchGenerator.next
+    monkeypatch.setattr(mlx_backend.BatchGenerator, "next", lambda self: steps.append(1) or step(self))
+    return steps
+
+
+SMOLLM2_KV_PER_TOKEN = 2 * 30 * 3 * 64 * 4  # K and V x 30 layers x 3 KV heads x head_dim 64 x float32
+
+
+def test_kv_bytes_per_sequence_from_the_architecture():
+    # SmolLM2-135M as the converter writes its config.json
+    config = {"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
+              "hidden_size": 576, "dtype": "float32", "max_position_embeddings": 8192}
+    assert mlx_backend.kv_bytes_per_sequence(config, 8192) == SMOLLM2_KV_PER_TOKEN * 8192 == 377_487_360
+    half = {**config, "dtype": "bfloat16", "head_dim": None}  # head_dim from hidden_size / heads = 576 / 9
+    assert mlx_backend.kv_bytes_per_sequence({"text_config": half}, 100) == 2 * 30 * 3 * 64 * 2 * 100
+
+
+@pytest.mark.parametrize("available,apple,batch", [
+    (10**9, False, 1),                        # no room for one KV cache beside the weights: still one
+    (4 * 10**9, False, 6),                    # (3e9 - 0.5e9) // 0.4e9 = 6
+    (24 * 10**9, False, 8),                   # 43 would fit: the CPU cap
+    (24 * 10**9, True, 32),                   # Apple silicon's cap
+    (12 * 10**9, True, 21)])                  # (9e9 - 0.5e9) // 0.4e9 = 21
+def test_fitting_batch(available, apple, batch):
+    assert mlx_backend.fitting_batch(500 * 10**6, 400 * 10**6, available, apple) == batch
+
+
+async def test_default_max_batch_fits_the_injected_free_memory(start, mlx_path, monkeypatch):
+    """No max_batch set: the batch comes from the folder's weights, the KV cache at n_ctx and the
+    available memory psutil reports (injected), and is the capacity the proxy publishes."""
+    import psutil
+    weights = (Path(mlx_path) / "model.safetensors").stat().st_size
+    kv = SMOLLM2_KV_PER_TOKEN * 512
+    available = int((weights + 5.5 * kv) / mlx_backend.MEMORY_SHARE)  # room for 5 sequences, not 6
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=available))
+    monkeypatch.setattr(mlx_backend, "is_apple_silicon", lambda: False)
+    b = await start(n_ctx=512)
+    assert b.capacity() == b.max_batch == 5
+    assert b.max_batch_figures == {"weights_bytes": weights, "kv_bytes_per_sequence": kv, "n_ctx": 512,
+                                   "available_bytes": available, "apple_silicon": False}
+    b = await start(max_batch=3)
+    assert b.capacity() == 3 and b.max_batch_figures is None
+
+
+async def test_events_usage_and_text_match_the_tokenizer(start, monkeypatch):
+    steps = fake_cpu_clock(monkeypatch, 0.5)
     b = await start(warmup=True)
+    steps.clear()  # the warmup's own steps
     evs = await collect(b, {"messages": [{"role": "user", "content": "Write a long story about a dragon."}],
                             "temperature": 0, "max_tokens": 12})
     assert isinstance(evs[0], Scheduled)
     assert isinstance(evs[-2], Finish) and evs[-2].reason == "length"
     usage = evs[-1]
-    assert isinstance(usage, Usage) and usage.completion_tokens == 12 and usage.cpu_s > 0
+    # alone in the batch, the request is charged each of its steps whole
+    assert isinstance(usage, Usage) and usage.completion_tokens == 12 and usage.cpu_s == 0.5 * len(steps)
     deltas = [e for e in evs if isinstance(e, TextDelta)]
     assert sum(d.tokens for d in deltas) == 12 and all(d.tokens == 1 for d in deltas)
     assert [e.t for e in evs] == sorted(e.t for e in evs)
@@ -227,8 +286,10 @@ async def test_context_overflow_is_a_400(start):
 
 # --- through the proxy ---
 
-async def test_proxy_stream_equals_non_stream(proxy_client, mlx_path):
-    client = await proxy_client({"smollm2": {"backend": "mlx", "path": mlx_path, "max_batch": 2}})
+async def test_proxy_stream_equals_non_stream(proxy_client, mlx_path, monkeypatch):
+    steps = fake_cpu_clock(monkeypatch, 0.5)
+    client = await proxy_client({"smollm2": {"backend": "mlx", "path": mlx_path, "max_batch": 2}},
+                                energy={"method": "estimate", "watts_per_core": 3.0})
 
     async def post(body):
         return await client.post("/v1/chat/completions", data=orjson.dumps({"model": "smollm2", **body}),
@@ -237,13 +298,17 @@ async def test_proxy_stream_equals_non_stream(proxy_client, mlx_path):
     full = await (await post(body)).json()
     assert full["choices"][0]["message"]["content"] == "The capital of France is Paris."
     assert full["choices"][0]["finish_reason"] == "stop"
+    steps.clear()
     raw = await (await post({**body, "stream": True, "stream_options": {"include_usage": True}})).read()
     chunks = [orjson.loads(b[6:]) for b in raw.split(b"\n\n") if b.startswith(b"data: {")]
     streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
     assert streamed == full["choices"][0]["message"]["content"]
     assert chunks[-1]["usage"] == full["usage"] and full["usage"]["completion_tokens"] == 7
     rec = chunks[-1]["edgemeter"]
-    assert rec["backend"] == "mlx" and rec["compute_j"] > 0 and rec["compute_energy_method"]
+    assert rec["backend"] == "mlx" and rec["compute_energy_method"] == "estimate"
+    assert rec["cpu_s"] == 0.5 * len(steps) and rec["compute_j"] == pytest.approx(3.0 * rec["cpu_s"], rel=1e-12)
+    info = await (await client.get("/edgemeter/v1/info")).json()
+    assert info["models"]["smollm2"]["capacity"] == 2  # the configured max_batch
 
 
 async def test_tools_and_reasoning_settings(start):

