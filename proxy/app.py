@@ -170,7 +170,10 @@ async def generate(request: web.Request, kind: str) -> web.StreamResponse:
             await sleep_until(route.up.send("up", time.perf_counter(), nbytes, meter.net))
         meter.backend_started(time.perf_counter())
         req = GenRequest(kind, route.model, body)
-        events = route.backend.generate(req, relay=True) if relays(request, route, stream) else route.backend.generate(req)
+        if relays(request, route, stream):
+            events = route.backend.generate(req, relay=True)
+        else:
+            events = route.backend.generate(req)
         if stream:
             events = await primed(events)  # failures before the first token keep their HTTP status
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
@@ -286,8 +289,9 @@ class Chunks:
             b'","created":' + str(created).encode() + b',"model":' + orjson.dumps(model) + b',"choices":['
         # A plain text delta, the chunk nearly every token makes, spliced around the encoded text:
         # the same bytes as encoding its choice object, without building one per token.
-        self.text_head = self.head + (b'{"index":0,"delta":{"content":' if self.kind == "chat" else b'{"index":0,"text":')
-        self.text_tail = (b'}' if self.kind == "chat" else b"") + b',"logprobs":null,"finish_reason":null}]' + self.tail
+        chat = self.kind == "chat"
+        self.text_head = self.head + (b'{"index":0,"delta":{"content":' if chat else b'{"index":0,"text":')
+        self.text_tail = (b'}' if chat else b"") + b',"logprobs":null,"finish_reason":null}]' + self.tail
 
     def adopt(self, relayed: bytes) -> None:
         """Once the upstream's own chunks go out, the proxy's (a finish the upstream left out, the

@@ -211,7 +211,7 @@ class Bench:
         if peer is not None:
             clients["nginx"] = (peer, {}, self.nginx)
         paths = {name: Path_() for name in clients}
-        for name, (client, headers, middle) in clients.items():  # warm-up: connections, caches, the JIT-less interpreter
+        for name, (client, headers, middle) in clients.items():  # warm-up: connections, caches, the interpreter
             await self.batch(client, sc, a.warmup_s, None, headers, middle)
         hist0 = self.itl_histogram()
         names = list(clients)

@@ -16,6 +16,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from backends.upstream import _plain
 from proxy.app import ROUTER
 from tests.fake_upstream import chunk
 
@@ -39,6 +40,14 @@ SCRIPTS = {
     # llama.cpp's server: no usage, the last token and the finish in one frame, a keep-alive comment
     "nousage": [ROLE, b": ping\n\n", *TEXT[:3], chunk({"content": " 42"}, finish="length"), DONE],
 }
+
+def text_chunk(text: str, finish=None) -> bytes:
+    return b"data: " + orjson.dumps({"id": "up-1", "object": "text_completion", "created": 1, "model": "x", "choices": [
+        {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}) + b"\n\n"
+
+
+SCRIPTS["completion"] = [*(text_chunk(w) for w in ("The", " answer", " is", " 42")), text_chunk("", "length"),
+                         chunk(usage=USAGE, choices=False, obj="text_completion"), DONE]
 TIMES = ("ttft_s", "ttfat_s", "backend_ttft_s", "e2e_s", "tpot_s", "queue_s")
 
 
@@ -66,6 +75,7 @@ async def scripted(aiohttp_server):
     up = Scripted()
     app = web.Application()
     app.router.add_post("/v1/chat/completions", up.chat)
+    app.router.add_post("/v1/completions", up.chat)
     up.server = await aiohttp_server(app)
     return up
 
@@ -82,10 +92,12 @@ async def pair(scripted, proxy_client):
 
 
 async def stream(client, model: str, include_usage: bool = True) -> bytes:
-    body = {"model": model, "messages": MSG, "stream": True}
+    chat = not model.endswith("completion")
+    body = {"model": model, "stream": True, **({"messages": MSG} if chat else {"prompt": "hi"})}
     if include_usage:
         body["stream_options"] = {"include_usage": True}
-    r = await client.post("/v1/chat/completions", data=orjson.dumps(body), headers={"Content-Type": "application/json"})
+    r = await client.post("/v1/chat/completions" if chat else "/v1/completions", data=orjson.dumps(body),
+                          headers={"Content-Type": "application/json"})
     assert r.status == 200
     return await r.read()
 
@@ -128,7 +140,7 @@ def relayable(frames: list[bytes]) -> bytes:
     return b"".join(out)
 
 
-@pytest.mark.parametrize("script", ["usage", "tools", "sglang", "nousage", "error"])
+@pytest.mark.parametrize("script", ["usage", "tools", "sglang", "nousage", "error", "completion"])
 async def test_relayed_stream_keeps_the_parsed_streams_record_and_metrics(pair, script):
     relay, parse = pair
     raw_r, raw_p = await stream(relay, f"r-{script}"), await stream(parse, f"p-{script}")
@@ -136,7 +148,7 @@ async def test_relayed_stream_keeps_the_parsed_streams_record_and_metrics(pair, 
     rec = record(raw_r)
     expected = {"usage": (7, 4, 1 + 4 + 1, "stop"), "tools": (7, 4, 1 + 3 + 1, "tool_calls"),
                 "sglang": (7, 4, 3 + 1 + 1, "stop"), "nousage": (ceil4("hi"), 4, 3 + 1 + 1, "length"),
-                "error": (0, 0, 2, None)}[script]
+                "error": (0, 0, 2, None), "completion": (7, 4, 4 + 1, "length")}[script]
     assert (rec["prompt_tokens"], rec["completion_tokens"], rec["chunks"], rec["finish_reason"]) == expected
     assert rec["status"] == (502 if script == "error" else 200)
     assert await series(relay, f"r-{script}") == await series(parse, f"p-{script}")
@@ -146,7 +158,7 @@ def ceil4(text: str) -> int:
     return -(-len(text) // 4)  # the upstream backend's prompt estimate without usage or tokenizer
 
 
-@pytest.mark.parametrize("script", ["usage", "tools", "sglang", "nousage", "error"])
+@pytest.mark.parametrize("script", ["usage", "tools", "sglang", "nousage", "error", "completion"])
 async def test_relayed_bytes_are_the_upstreams(pair, scripted, script):
     relay, _ = pair
     for include_usage in (True, False):
@@ -195,3 +207,18 @@ async def test_a_tokenizer_counts_relayed_text_as_it_counts_parsed_text(pair):
     assert rec_r == rec_p
     assert (rec_r["completion_tokens"], rec_r["prompt_tokens"], rec_r["usage_source"]) == \
         (len("The answer is 42"), len("hi"), "tokenizer")
+
+
+def test_only_plain_content_deltas_skip_the_parse():
+    """The byte scan's verdict on every scripted frame: the content deltas are counted unparsed;
+    a role-only chunk, reasoning, tool calls, finishes, usage, errors and comments are parsed."""
+    plain = {f for f in (*TEXT, *(text_chunk(w) for w in ("The", " answer", " is", " 42")))}
+    for frames in SCRIPTS.values():
+        for f in frames:
+            frame = f.removesuffix(b"\n\n")
+            chat = b"text_completion" not in f
+            assert _plain(frame, chat) == (f in plain), f
+    spaced = b'data: {"choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": null}], "usage": null}'
+    assert _plain(spaced, True)  # JSON with spaces after the colons, usage null on every chunk (OpenAI's)
+    escaped = b'data: {"choices": [{"index": 0, "delta": {"content": "\\"usage\\": {}"}, "finish_reason": null}]}'
+    assert _plain(escaped, True)  # a key's bytes inside a string are escaped: no false alarm
