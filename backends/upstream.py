@@ -123,10 +123,8 @@ class UpstreamBackend(Backend):
 
     async def _events(self, resp: aiohttp.ClientResponse, req: GenRequest, relay: bool) -> AsyncIterator[Event | Relay]:
         chat = req.kind == "chat"
-        usage_seen = finished = done = False
-        pieces: list = []  # answer text; when relaying, also the bytes of plain runs, read only if counted
-        thought: list[str] = []
-        chunks = 0
+        heard = _Heard(keep_runs=self.tokenizer is not None)
+        done = False
         rest = carried = b""
         sep = None
         while not done:
@@ -138,39 +136,18 @@ class UpstreamBackend(Backend):
                 sep = b"\r\n\r\n" if b"\r\n" in buf else b"\n\n"
             frames = buf.split(sep) if buf else []
             rest = frames.pop() if block and frames else b""  # at EOF an unterminated last frame counts too
-            start = run_start = 0  # where this frame, and the current run of plain frames, begin in buf
-            run = 0
+            start = run_start = run = 0  # in buf: where this frame begins; the plain run before it, and its length
             for frame in frames:
                 end = start + len(frame) + len(sep)
                 if relay and _plain(frame, chat):
-                    if not run:
-                        run_start = start
                     run += 1
                     start = end
                     continue
-                if run:
-                    data = buf[run_start:start]
-                    chunks += run
-                    if self.tokenizer:
-                        pieces.append(data)
-                    yield Relay(carried + data, t, run)
+                if run:  # the plain frames before this one go first
+                    yield heard.run(carried + buf[run_start:start], run, t)
                     carried, run = b"", 0
                 events, done, has_usage = self._parse_frame(frame, chat)
-                visible = False
-                kept = []
-                for ev in events:
-                    if isinstance(ev, Usage):
-                        if usage_seen:
-                            continue
-                        usage_seen = True
-                    elif isinstance(ev, Finish):
-                        finished = visible = True
-                    else:
-                        chunks += 1
-                        visible = True
-                        if isinstance(ev, TextDelta):
-                            (thought if ev.reasoning else pieces).append(ev.text)
-                    kept.append(ev)
+                kept, visible = heard.events(events)
                 if visible and relay and not has_usage:
                     yield Relay(carried + buf[start:end], t, 0, kept)
                     carried = b""
@@ -183,24 +160,20 @@ class UpstreamBackend(Backend):
                         yield ev
                 if done:
                     break
-                start = end
+                start = run_start = end
             if run:
-                data = buf[run_start:start]
-                chunks += run
-                if self.tokenizer:
-                    pieces.append(data)
-                yield Relay(carried + data, t, run)
+                yield heard.run(carried + buf[run_start:start], run, t)
                 carried = b""
             if not block:
                 break
-        if not done and not finished:
+        if not done and not heard.finished:
             raise BackendError(f"upstream {self.name} ended the stream without finishing", status=502,
                                cause="upstream_incomplete")
-        if not finished:
+        if not heard.finished:
             yield Finish("stop")
-        if not usage_seen:
-            answer = "".join(p if isinstance(p, str) else self._run_text(p, chat) for p in pieces)
-            yield self._count_usage(req, answer, "".join(thought), chunks)
+        if not heard.usage:
+            answer = "".join(p if isinstance(p, str) else self._run_text(p, chat) for p in heard.answer)
+            yield self._count_usage(req, answer, "".join(heard.thought), heard.chunks)
 
     def _parse_frame(self, frame: bytes, chat: bool) -> tuple[list[Event], bool, bool]:
         """One SSE frame's events, whether it was [DONE], and whether it carried usage."""
@@ -246,6 +219,42 @@ class UpstreamBackend(Backend):
                          reasoning_tokens=reasoning, source="tokenizer")
         # No tokenizer: the prompt is estimated at ~4 characters a token (OpenAI's rule of thumb).
         return Usage(math.ceil(len(_prompt_text(req)) / 4), chunks, source="chunks")
+
+
+class _Heard:
+    """What an upstream's stream has said so far: what its end is checked and counted against."""
+    __slots__ = ("usage", "finished", "chunks", "answer", "thought", "keep_runs")
+
+    def __init__(self, keep_runs: bool):
+        self.usage = self.finished = False
+        self.chunks = 0  # content events, the token count of last resort
+        self.answer: list = []  # text; when relaying, also runs of plain frames, read only if a tokenizer counts
+        self.thought: list[str] = []
+        self.keep_runs = keep_runs
+
+    def run(self, data: bytes, frames: int, t: float) -> Relay:
+        self.chunks += frames
+        if self.keep_runs:
+            self.answer.append(data)
+        return Relay(data, t, frames)
+
+    def events(self, events: list[Event]) -> tuple[list[Event], bool]:
+        """A frame's events less a repeated usage, and whether the client sees any of them."""
+        kept, visible = [], False
+        for ev in events:
+            if isinstance(ev, Usage):
+                if self.usage:
+                    continue
+                self.usage = True
+            elif isinstance(ev, Finish):
+                self.finished = visible = True
+            else:
+                self.chunks += 1
+                visible = True
+                if isinstance(ev, TextDelta):
+                    (self.thought if ev.reasoning else self.answer).append(ev.text)
+            kept.append(ev)
+        return kept, visible
 
 
 # A frame must be parsed when one of these keys has a value other than null: what the proxy
