@@ -254,11 +254,8 @@ def summarize(sc: Scenario, d: Path_, p: Path_, itl_hist: dict[float, float]) ->
     # What the paths would sustain if these processes had the machine to themselves: each
     # process's CPU per unit of work bounds it, one core per process, all cores in total.
     # Robust to other work on a shared machine, which the measured rates are not.
-    cores = os.cpu_count() or 1
     for path_name, path in (("direct", d), ("proxy", p)):
-        work = path.wall_tokens if sc.stream else len([s for s in path.every if s.result.ok])
-        per = [c / work for c in (path.client_cpu, path.upstream_cpu, path.proxy_cpu if path is p else 0.0)]
-        out[f"{path_name}_capacity"] = min(cores / sum(per), 1 / max(per)) if work and sum(per) else None
+        out[f"{path_name}_capacity"] = capacity(sc, path, path is p)
     out["capacity_ratio"] = (out["proxy_capacity"] / out["direct_capacity"]
                              if out["proxy_capacity"] and out["direct_capacity"] else None)
     for path_name, path in (("direct", d), ("proxy", p)):
@@ -266,6 +263,14 @@ def summarize(sc: Scenario, d: Path_, p: Path_, itl_hist: dict[float, float]) ->
         out[f"{path_name}_client_cpu_share"] = path.client_cpu / path.wall if path.wall else None
     out.update(fidelity(p, itl_hist) if sc.stream else {})
     return out
+
+
+def capacity(sc: Scenario, path: Path_, proxied: bool) -> float | None:
+    """The rate a path would sustain from its processes' CPU per unit of work alone: one core per
+    process, all cores in total (``proxied``: the process in the middle counts too)."""
+    work = path.wall_tokens if sc.stream else len([s for s in path.every if s.result.ok])
+    per = [c / work for c in (path.client_cpu, path.upstream_cpu, path.proxy_cpu if proxied else 0.0)] if work else []
+    return min((os.cpu_count() or 1) / sum(per), 1 / max(per)) if per and sum(per) else None
 
 
 def peer_fields(sc: Scenario, d: Path_, n: Path_, name: str) -> dict:
@@ -285,6 +290,8 @@ def peer_fields(sc: Scenario, d: Path_, n: Path_, name: str) -> dict:
             out[f"{name}_{what}_p{q}_ms"] = _ms(nv)
             out[f"{name}_added_{what}_p{q}_ms"] = None if dv is None or nv is None else (nv - dv) * 1000
     out[f"chunks_per_{name}_cpu_s"] = n.wall_tokens / n.proxy_cpu if sc.stream and n.proxy_cpu else None
+    peer, direct = capacity(sc, n, True), capacity(sc, d, False)
+    out[f"{name}_capacity_ratio"] = peer / direct if peer and direct else None
     return out
 
 
@@ -365,11 +372,13 @@ def report(rows: list[dict], info: dict) -> str:
     if any("nginx_throughput_ratio" in r for r in rows):
         lines += ["", "## Beside nginx (same run, same upstream; ms)", "",
                   table(["scenario", "Edgemeter added E2E p50", "nginx added E2E p50", "Edgemeter chunk p99",
-                         "nginx chunk p99", "Edgemeter/direct", "nginx/direct", "chunks per Edgemeter CPU-s",
+                         "nginx chunk p99", "Edgemeter/direct", "nginx/direct", "CPU-bound Edgemeter/direct",
+                         "CPU-bound nginx/direct", "chunks per Edgemeter CPU-s",
                          "chunks per nginx CPU-s"],
                         [[r["scenario"] + f" c={r['concurrency']}", r["added_e2e_p50_ms"], r["nginx_added_e2e_p50_ms"],
                           r["proxy_chunk_p99_ms"], r["nginx_chunk_p99_ms"], r["throughput_ratio"],
-                          r["nginx_throughput_ratio"], r["chunks_per_proxy_cpu_s"], r["chunks_per_nginx_cpu_s"]]
+                          r["nginx_throughput_ratio"], r["capacity_ratio"], r["nginx_capacity_ratio"],
+                          r["chunks_per_proxy_cpu_s"], r["chunks_per_nginx_cpu_s"]]
                          for r in rows if "nginx_throughput_ratio" in r]),
                   "", "Throughput: streamed chunks per second for streams, requests per second otherwise, "
                   "each over the direct path's in the same batches."]
@@ -406,7 +415,8 @@ def targets(rows: list[dict]) -> list[str]:
     if (r := find("stream", 64)) and r.get("nginx_throughput_ratio") is not None:
         v, peer = r["throughput_ratio"], r["nginx_throughput_ratio"]
         out.append(f"streamed chunk throughput at c=64 over direct: Edgemeter {v:.2f}, nginx {peer:.2f} "
-                   f"(target: Edgemeter >= nginx): {verdict(v >= peer)}")
+                   f"(target: Edgemeter >= nginx): {verdict(v >= peer)}; CPU-bound, which load on the machine "
+                   f"moves less: Edgemeter {r['capacity_ratio']:.2f}, nginx {r['nginx_capacity_ratio']:.2f}")
     if (r := find("paced", 256)) and r.get("nginx_chunk_p99_ms") is not None:
         out.append(f"per-chunk p99, 256 paced streams: Edgemeter {r['proxy_chunk_p99_ms']:.3f} ms, nginx "
                    f"{r['nginx_chunk_p99_ms']:.3f} ms, direct {r['direct_chunk_p99_ms']:.3f} ms (reported)")
