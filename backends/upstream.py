@@ -7,11 +7,21 @@ into the same events: SGLang's usage on a chunk with empty ``choices``, mlx_lm.s
 ``chat.completion``-labelled usage event, llama.cpp/llama-cpp-python sending no usage.
 When the upstream sends no usage, tokens are counted with the configured ``tokenizer``
 (a GGUF model source) or, failing that, one token per content chunk.
+
+Asked to relay (``generate(req, relay=True)``, for a streaming client whose chunks need no
+rewriting), the backend hands the proxy the upstream's own SSE bytes as ``Relay`` items
+instead of events to re-encode. A byte scan (``_plain``) picks out the frames that are one
+plain content delta, the bulk of a stream: they are counted, one token each, without a JSON
+parse. Every other frame (usage, a finish reason, tool calls, reasoning, an error, anything
+unusual) is parsed as in the evented path, so both paths count and time the same.
 """
 from __future__ import annotations
 
 import asyncio
 import math
+import re
+import time
+from dataclasses import dataclass
 from typing import AsyncIterator
 
 import aiohttp
@@ -19,12 +29,25 @@ import orjson
 
 from backends.base import Backend, BackendError, Event, Finish, GenRequest, TextDelta, ToolCallDelta, Usage, check_settings
 
+@dataclass(slots=True)
+class Relay:
+    """Upstream SSE bytes to forward as they came, read at ``t``. Either a run of ``tokens`` plain
+    content frames (one answer token each, not parsed) or, with ``events``, one frame that needed
+    parsing and what it holds (one or more of TextDelta, ToolCallDelta, Finish, Usage). Frames
+    with nothing to count (a role-only first chunk, a keep-alive comment) ride along with the next."""
+    data: bytes
+    t: float
+    tokens: int = 0
+    events: list | None = None
+
+
 SETTINGS = {"base_url", "model", "api_key", "connect_timeout", "read_timeout", "max_connections", "tokenizer",
             "headers"}
 
 
 class UpstreamBackend(Backend):
     kind = "upstream"
+    relays = True  # generate(req, relay=True) gives the upstream's own frames (see Relay)
 
     def __init__(self, name: str, settings: dict):
         super().__init__(name)
@@ -70,7 +93,8 @@ class UpstreamBackend(Backend):
     def count_tokens(self, text: str) -> int | None:
         return self.tokenizer.count(text) if self.tokenizer else None
 
-    async def generate(self, req: GenRequest) -> AsyncIterator[Event]:
+    async def generate(self, req: GenRequest, relay: bool = False) -> AsyncIterator[Event | Relay]:
+        """Events for ``req``; with ``relay``, the upstream's own frames as ``Relay`` items (see above)."""
         body = dict(req.body)
         body["model"] = self.upstream_model
         body["stream"] = True
@@ -81,7 +105,7 @@ class UpstreamBackend(Backend):
                                          headers={"Content-Type": "application/json"}) as resp:
                 if resp.status >= 400:
                     raise await _http_error(resp)
-                async for ev in self._events(resp, req):
+                async for ev in self._events(resp, req, relay):
                     yield ev
         except BackendError as e:
             for secret in self.secrets:
@@ -97,62 +121,94 @@ class UpstreamBackend(Backend):
             raise BackendError(f"upstream {self.name} closed the connection mid-response", status=502,
                                cause="upstream_reset") from None
 
-    async def _events(self, resp: aiohttp.ClientResponse, req: GenRequest) -> AsyncIterator[Event]:
-        usage_seen = finished = done = False
-        pieces: list[str] = []
-        thought: list[str] = []
-        chunks = 0
-        rest = b""
+    async def _events(self, resp: aiohttp.ClientResponse, req: GenRequest, relay: bool) -> AsyncIterator[Event | Relay]:
+        chat = req.kind == "chat"
+        heard = _Heard(keep_runs=self.tokenizer is not None)
+        done = False
+        rest = carried = b""
+        sep = None
         while not done:
-            # A read's worth of lines at a time: one await per read, not one per line.
+            # A read's worth of frames at a time: one await per read, not one per frame.
             block = await resp.content.readany()
-            lines = (rest + block).split(b"\n")
-            rest = lines.pop() if block else b""  # at EOF an unterminated last line counts too
-            for line in lines:
-                if not line.startswith(b"data:"):
-                    continue  # blank separators, comments (": ping"), event:/id: fields
-                payload = line[5:].strip()
-                if payload == b"[DONE]":
-                    done = True
+            t = time.perf_counter()
+            buf = rest + block if rest else block
+            if sep is None and buf:  # SSE ends an event with a blank line: LF LF, or CRLF CRLF
+                sep = b"\r\n\r\n" if b"\r\n" in buf else b"\n\n"
+            frames = buf.split(sep) if buf else []
+            rest = frames.pop() if block and frames else b""  # at EOF an unterminated last frame counts too
+            start = run_start = run = 0  # in buf: where this frame begins; the plain run before it, and its length
+            for frame in frames:
+                end = start + len(frame) + len(sep)
+                if relay and _plain(frame, chat):
+                    run += 1
+                    start = end
+                    continue
+                if run:  # the plain frames before this one go first
+                    yield heard.run(carried + buf[run_start:start], run, t)
+                    carried, run = b"", 0
+                events, done, has_usage = self._parse_frame(frame, chat)
+                kept, visible = heard.events(events)
+                if visible and relay and not has_usage:
+                    yield Relay(carried + buf[start:end], t, 0, kept)
+                    carried = b""
+                elif relay and not (kept or has_usage or done):  # nothing to count: goes with the next frame
+                    carried += buf[start:end]
+                else:
+                    # Usage and [DONE] are the proxy's to send once, with its record: a frame that
+                    # carries usage (alone, or on a choice as SGLang's) goes as events to encode.
+                    for ev in kept:
+                        yield ev
+                if done:
                     break
-                try:
-                    obj = orjson.loads(payload)
-                except orjson.JSONDecodeError:
-                    raise BackendError(f"upstream {self.name} sent malformed SSE data", status=502,
-                                       cause="upstream_malformed") from None
-                if not isinstance(obj, dict):
-                    raise BackendError(f"upstream {self.name} sent a non-object SSE event", status=502,
-                                       cause="upstream_malformed")
-                if "error" in obj:
-                    err = obj["error"] if isinstance(obj["error"], dict) else {"message": str(obj["error"])}
-                    raise BackendError(f"upstream {self.name} error: {err.get('message', 'unknown')}", status=502,
-                                       cause="upstream_stream_error")
-                try:
-                    events = _parse_event(obj, req.kind == "chat")
-                except (AttributeError, TypeError, ValueError):
-                    raise BackendError(f"upstream {self.name} sent an SSE event of the wrong shape", status=502,
-                                       cause="upstream_malformed") from None
-                for ev in events:
-                    if isinstance(ev, Usage):
-                        if usage_seen:
-                            continue
-                        usage_seen = True
-                    elif isinstance(ev, Finish):
-                        finished = True
-                    else:
-                        chunks += 1
-                        if isinstance(ev, TextDelta):
-                            (thought if ev.reasoning else pieces).append(ev.text)
-                    yield ev
+                start = run_start = end
+            if run:
+                yield heard.run(carried + buf[run_start:start], run, t)
+                carried = b""
             if not block:
                 break
-        if not done and not finished:
+        if not done and not heard.finished:
             raise BackendError(f"upstream {self.name} ended the stream without finishing", status=502,
                                cause="upstream_incomplete")
-        if not finished:
+        if not heard.finished:
             yield Finish("stop")
-        if not usage_seen:
-            yield self._count_usage(req, "".join(pieces), "".join(thought), chunks)
+        if not heard.usage:
+            answer = "".join(p if isinstance(p, str) else self._run_text(p, chat) for p in heard.answer)
+            yield self._count_usage(req, answer, "".join(heard.thought), heard.chunks)
+
+    def _parse_frame(self, frame: bytes, chat: bool) -> tuple[list[Event], bool, bool]:
+        """One SSE frame's events, whether it was [DONE], and whether it carried usage."""
+        out: list[Event] = []
+        has_usage = False
+        for line in frame.split(b"\n"):
+            if not line.startswith(b"data:"):
+                continue  # comments (": ping"), event:/id: fields
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                return out, True, has_usage
+            try:
+                obj = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                raise BackendError(f"upstream {self.name} sent malformed SSE data", status=502,
+                                   cause="upstream_malformed") from None
+            if not isinstance(obj, dict):
+                raise BackendError(f"upstream {self.name} sent a non-object SSE event", status=502,
+                                   cause="upstream_malformed")
+            if "error" in obj:
+                err = obj["error"] if isinstance(obj["error"], dict) else {"message": str(obj["error"])}
+                raise BackendError(f"upstream {self.name} error: {err.get('message', 'unknown')}", status=502,
+                                   cause="upstream_stream_error")
+            try:
+                out += _parse_event(obj, chat)
+            except (AttributeError, TypeError, ValueError):
+                raise BackendError(f"upstream {self.name} sent an SSE event of the wrong shape", status=502,
+                                   cause="upstream_malformed") from None
+            has_usage = has_usage or bool(obj.get("usage"))
+        return out, False, has_usage
+
+    def _run_text(self, run: bytes, chat: bool) -> str:
+        """The answer text of a run of relayed plain frames, for the tokenizer to count."""
+        return "".join(ev.text for frame in run.replace(b"\r\n", b"\n").split(b"\n\n") if frame
+                       for ev in self._parse_frame(frame, chat)[0])
 
     def _count_usage(self, req: GenRequest, completion: str, thought: str, chunks: int) -> Usage:
         if self.tokenizer:
@@ -163,6 +219,58 @@ class UpstreamBackend(Backend):
                          reasoning_tokens=reasoning, source="tokenizer")
         # No tokenizer: the prompt is estimated at ~4 characters a token (OpenAI's rule of thumb).
         return Usage(math.ceil(len(_prompt_text(req)) / 4), chunks, source="chunks")
+
+
+class _Heard:
+    """What an upstream's stream has said so far: what its end is checked and counted against."""
+    __slots__ = ("usage", "finished", "chunks", "answer", "thought", "keep_runs")
+
+    def __init__(self, keep_runs: bool):
+        self.usage = self.finished = False
+        self.chunks = 0  # content events, the token count of last resort
+        self.answer: list = []  # text; when relaying, also runs of plain frames, read only if a tokenizer counts
+        self.thought: list[str] = []
+        self.keep_runs = keep_runs
+
+    def run(self, data: bytes, frames: int, t: float) -> Relay:
+        self.chunks += frames
+        if self.keep_runs:
+            self.answer.append(data)
+        return Relay(data, t, frames)
+
+    def events(self, events: list[Event]) -> tuple[list[Event], bool]:
+        """A frame's events less a repeated usage, and whether the client sees any of them."""
+        kept, visible = [], False
+        for ev in events:
+            if isinstance(ev, Usage):
+                if self.usage:
+                    continue
+                self.usage = True
+            elif isinstance(ev, Finish):
+                self.finished = visible = True
+            else:
+                self.chunks += 1
+                visible = True
+                if isinstance(ev, TextDelta):
+                    (self.thought if ev.reasoning else self.answer).append(ev.text)
+            kept.append(ev)
+        return kept, visible
+
+
+# A frame must be parsed when one of these keys has a value other than null: what the proxy
+# counts or acts on beyond one token of answer text. A key's bytes cannot occur inside a JSON
+# string, whose quotes are escaped, so a match is a key (or a false alarm, which costs a parse).
+_READ_KEYS = re.compile(rb'"(?:usage|finish_reason|tool_calls|reasoning\w*|error)"\s*:(?!\s*null)')
+_ANSWER = {True: re.compile(rb'"content"\s*:\s*"[^"]'), False: re.compile(rb'"text"\s*:\s*"[^"]')}
+
+
+def _plain(frame: bytes, chat: bool) -> bool:
+    """Whether an SSE frame is surely one plain content delta, one answer token to count: a
+    single ``data:`` line holding one choice whose content (chat) or text (completion) is a
+    non-empty string, and no key the proxy must read. Anything less sure is parsed."""
+    return (frame.startswith(b"data:") and frame.endswith(b"}") and b"\n" not in frame
+            and frame.count(b'"index"') == 1 and _ANSWER[chat].search(frame) is not None
+            and _READ_KEYS.search(frame) is None)
 
 
 def _parse_event(obj: dict, chat: bool) -> list[Event]:

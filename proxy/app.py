@@ -3,6 +3,10 @@
 A request flows one way: handler (parse, check) -> router (model, mode, device link)
 -> link (request held for its upload time) -> backend (token events) -> meter (every
 token timed) -> link (each chunk released at its simulated arrival) -> client.
+
+When nothing on the way rewrites or paces a stream's chunks (a streaming client, a downlink
+with no delay to simulate, an upstream backend), the backend relays the upstream's own SSE
+bytes instead of events: the same flow, with frames the proxy forwards instead of encoding.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from aiohttp import web
 
 from backends import BackendError, GenRequest
 from backends.base import Finish, Scheduled, TextDelta, ToolCallDelta, Usage
+from backends.upstream import Relay
 
 from proxy import metrics
 from proxy import openapi
@@ -164,7 +169,11 @@ async def generate(request: web.Request, kind: str) -> web.StreamResponse:
         if route.up:  # the request crosses the device link before the cloud sees it
             await sleep_until(route.up.send("up", time.perf_counter(), nbytes, meter.net))
         meter.backend_started(time.perf_counter())
-        events = route.backend.generate(GenRequest(kind, route.model, body))
+        req = GenRequest(kind, route.model, body)
+        if relays(request, route, stream):
+            events = route.backend.generate(req, relay=True)
+        else:
+            events = route.backend.generate(req)
         if stream:
             events = await primed(events)  # failures before the first token keep their HTTP status
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
@@ -192,6 +201,15 @@ async def generate(request: web.Request, kind: str) -> web.StreamResponse:
         return response
 
 
+def relays(request: web.Request, route: Route, stream: bool) -> bool:
+    """Whether the upstream's SSE bytes can go to the client as they came: the client streams,
+    the backend can relay, the downlink has no delay to simulate frame by frame and no trace
+    wants each frame's own timing."""
+    server = request.app[CONFIG].server
+    return (stream and getattr(route.backend, "relays", False) and server.passthrough and not server.record_traces
+            and (route.down is None or route.down.link.instant("down")))
+
+
 async def primed(events):
     """Read ahead to the first event the client will see, then replay everything read.
     An upstream refusal, 4xx/5xx or a prompt too long for the context surfaces here, while
@@ -200,7 +218,7 @@ async def primed(events):
     try:
         async for ev in events:
             head.append(ev)
-            if isinstance(ev, (TextDelta, ToolCallDelta, Finish)):
+            if isinstance(ev, (TextDelta, ToolCallDelta, Finish, Relay)):
                 break
     except BaseException:
         await events.aclose()
@@ -233,8 +251,14 @@ def finish(request: web.Request, route: Route, meter: RequestMeter, status: int,
     return record
 
 
-def absorb(meter: RequestMeter, ev) -> None:
-    """Bookkeeping events the client never sees as content."""
+def metered(meter: RequestMeter, ev) -> tuple[int, bool] | None:
+    """Meter one backend event; for one the client sees, its (tokens, is answer), else None."""
+    if isinstance(ev, TextDelta):
+        meter.produced(ev.t, not ev.reasoning, ev.tokens)
+        return ev.tokens, not ev.reasoning
+    if isinstance(ev, ToolCallDelta):
+        meter.produced(ev.t)
+        return ev.tokens, True
     if isinstance(ev, Usage):
         meter.prompt_tokens, meter.completion_tokens, meter.usage_source = ev.prompt_tokens, ev.completion_tokens, ev.source
         meter.cpu_s = ev.cpu_s
@@ -244,6 +268,8 @@ def absorb(meter: RequestMeter, ev) -> None:
         meter.scheduled(ev.t)
     elif isinstance(ev, Finish):
         meter.finish_reason = ev.reason
+        return 0, False
+    return None
 
 
 class Chunks:
@@ -251,17 +277,31 @@ class Chunks:
     delta is encoded per token."""
 
     def __init__(self, kind: str, model: str, request_id: str, include_usage: bool):
-        self.created = int(time.time())
         self.kind = kind
-        obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
-        self.head = b'data: {"id":' + orjson.dumps(request_id) + b',"object":"' + obj.encode() + \
-            b'","created":' + str(self.created).encode() + b',"model":' + orjson.dumps(model) + b',"choices":['
         self.tail = (b',"usage":null' if include_usage else b"") + b"}\n\n"
         self.role_sent = False
+        self.relayed = False
+        self._heads(request_id, int(time.time()), model)
+
+    def _heads(self, request_id: str, created: int, model: str) -> None:
+        obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
+        self.head = b'data: {"id":' + orjson.dumps(request_id) + b',"object":"' + obj.encode() + \
+            b'","created":' + str(created).encode() + b',"model":' + orjson.dumps(model) + b',"choices":['
         # A plain text delta, the chunk nearly every token makes, spliced around the encoded text:
         # the same bytes as encoding its choice object, without building one per token.
-        self.text_head = self.head + (b'{"index":0,"delta":{"content":' if kind == "chat" else b'{"index":0,"text":')
-        self.text_tail = (b'}' if kind == "chat" else b"") + b',"logprobs":null,"finish_reason":null}]' + self.tail
+        chat = self.kind == "chat"
+        self.text_head = self.head + (b'{"index":0,"delta":{"content":' if chat else b'{"index":0,"text":')
+        self.text_tail = (b'}' if chat else b"") + b',"logprobs":null,"finish_reason":null}]' + self.tail
+
+    def adopt(self, relayed: bytes) -> None:
+        """Once the upstream's own chunks go out, the proxy's (a finish the upstream left out, the
+        usage) carry their id, created and model, and no second role: one completion to the client."""
+        self.relayed = self.role_sent = True
+        try:
+            first = orjson.loads(relayed[relayed.index(b"data:") + 5:].split(b"\n", 1)[0])
+            self._heads(str(first["id"]), int(first["created"]), str(first["model"]))
+        except (ValueError, KeyError, TypeError):  # an upstream without them keeps the proxy's
+            pass
 
     def _choice(self, delta: dict, finish: str | None = None) -> bytes:
         if self.kind == "chat":
@@ -293,6 +333,11 @@ class Chunks:
     def finish(self, reason: str) -> bytes:
         return self._choice({}, reason)
 
+    def event(self, ev) -> bytes:
+        if isinstance(ev, TextDelta):
+            return self.text(ev.text, ev.reasoning)
+        return self.tool_call(ev) if isinstance(ev, ToolCallDelta) else self.finish(ev.reason)
+
     def usage(self, meter: RequestMeter) -> bytes:
         return self.head + b"]," + b'"usage":' + orjson.dumps(usage(meter)) + b"}\n\n"
 
@@ -309,21 +354,25 @@ async def sleep_until(t: float) -> None:
         await asyncio.sleep(delay)
 
 
+PLAIN = ((1, True),)  # a relayed plain content frame: one answer token
+
+
 async def frames(events, chunks: Chunks, meter: RequestMeter):
-    """Backend events -> (sse bytes, tokens, produced at, is answer). Bookkeeping events yield
-    no frame. Closing this generator closes the backend's, which cancels its work."""
+    """Backend events -> (sse bytes, produced at, parts): ``parts`` holds (tokens, is answer) for
+    each OpenAI chunk in the bytes. Bookkeeping events yield no frame; relayed bytes go out as
+    the upstream sent them. Closing this generator closes the backend's, which cancels its work."""
     try:
         async for ev in events:
-            if isinstance(ev, TextDelta):
-                meter.produced(ev.t, not ev.reasoning, ev.tokens)
-                yield chunks.text(ev.text, ev.reasoning), ev.tokens, ev.t, not ev.reasoning
-            elif isinstance(ev, ToolCallDelta):
-                meter.produced(ev.t)
-                yield chunks.tool_call(ev), ev.tokens, ev.t, True
-            else:
-                absorb(meter, ev)
-                if isinstance(ev, Finish):
-                    yield chunks.finish(ev.reason), 0, ev.t, False
+            if isinstance(ev, Relay):
+                if not chunks.relayed:
+                    chunks.adopt(ev.data)
+                if ev.events is None:
+                    meter.produced(ev.t, True, ev.tokens)
+                    yield ev.data, ev.t, PLAIN * ev.tokens
+                else:
+                    yield ev.data, ev.t, [part for e in ev.events if (part := metered(meter, e)) is not None]
+            elif (part := metered(meter, ev)) is not None:
+                yield chunks.event(ev), ev.t, (part,)
     finally:
         await events.aclose()
 
@@ -336,16 +385,18 @@ async def paced(source, route: Route, meter: RequestMeter, buffer: int):
     the backend while earlier frames wait out their delay; the bounded queue pauses the
     backend when a slow reader falls ``buffer`` frames behind.
     """
-    if route.down is None:
+    if route.down is None or route.down.link.instant("down"):  # due within microseconds: no pacing task
         async for frame in source:
+            if route.down is not None:
+                await sleep_until(route.down.send("down", frame[1], len(frame[0]), meter.net))
             yield (frame,)
         return
     queue: asyncio.Queue = asyncio.Queue(buffer)
 
     async def pump():
         try:
-            async for data, tokens, t, answer in source:
-                await queue.put((data, tokens, route.down.send("down", t, len(data), meter.net), answer))
+            async for data, t, parts in source:
+                await queue.put((data, route.down.send("down", t, len(data), meter.net), parts))
             await queue.put(None)
         except Exception as e:  # not its own cancellation: putting that into a full queue would never return
             await queue.put(e)
@@ -357,12 +408,12 @@ async def paced(source, route: Route, meter: RequestMeter, buffer: int):
             held = nothing
             if isinstance(item, BaseException):
                 raise item
-            await sleep_until(item[2])
+            await sleep_until(item[1])
             batch = [item]
             # Frames already queued and already due leave with it: one write, one wake-up of the client.
             while not queue.empty():
                 held = queue.get_nowait()
-                if held is None or isinstance(held, BaseException) or held[2] > time.perf_counter():
+                if held is None or isinstance(held, BaseException) or held[1] > time.perf_counter():
                     break
                 batch.append(held)
                 held = nothing
@@ -389,7 +440,8 @@ async def stream_events(request, response, route: Route, meter: RequestMeter, ev
             meter.bytes_down += len(data)
             t = time.perf_counter()
             for frame in batch:
-                meter.delivered(t, frame[1], frame[3])
+                for tokens, answer in frame[2]:
+                    meter.delivered(t, tokens, answer)
     finally:
         # paced first: it stops its pump task, which may be inside the source (closing a generator
         # another task is running raises); a failed write leaves it open otherwise, for the GC
@@ -410,18 +462,15 @@ async def complete(request, route: Route, meter: RequestMeter, events, kind: str
     text, thought, calls = [], [], {}
     try:
         async for ev in events:
+            metered(meter, ev)
             if isinstance(ev, TextDelta):
-                meter.produced(ev.t, not ev.reasoning, ev.tokens)
                 (thought if ev.reasoning else text).append(ev.text)
             elif isinstance(ev, ToolCallDelta):
-                meter.produced(ev.t)
                 call = calls.setdefault(ev.index, {"id": ev.id, "type": "function",
                                                    "function": {"name": ev.name or "", "arguments": ""}})
                 call["id"] = call["id"] or ev.id
                 call["function"]["name"] = call["function"]["name"] or ev.name or ""
                 call["function"]["arguments"] += ev.arguments
-            else:
-                absorb(meter, ev)
     finally:
         await events.aclose()  # a client that left cancels the backend's work
     content = "".join(text)
@@ -448,10 +497,11 @@ async def complete(request, route: Route, meter: RequestMeter, events, kind: str
         meter.delivered(meter.t_backend_first, 0, meter.t_backend_first == meter.t_backend_first_answer)
         meter.t_first_answer = meter.t_backend_first_answer
     meter.t_last_token = time.perf_counter()
-    record = finish(request, route, meter, 200, None)
-    out["edgemeter"] = record
-    headers = {"X-Request-Id": meter.request_id, "X-Edgemeter-Record": orjson.dumps(record).decode()}
-    return web.Response(body=orjson.dumps(out), content_type="application/json", headers=headers)
+    record = orjson.dumps(finish(request, route, meter, 200, None))
+    headers = {"X-Request-Id": meter.request_id, "X-Edgemeter-Record": record.decode()}
+    # The record rides in the body too, spliced in rather than encoding the whole answer again.
+    return web.Response(body=payload[:-1] + b',"edgemeter":' + record + b"}", content_type="application/json",
+                        headers=headers)
 
 
 def model_card(name: str, placements: dict) -> dict:

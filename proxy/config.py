@@ -35,6 +35,7 @@ class ServerConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     request_log: str | None = None   # JSONL, one line per request
     record_traces: bool = False      # each record carries its call's timeline, for python -m harness replay
+    passthrough: bool = True         # relay an upstream's SSE bytes when nothing rewrites or paces them
     seed: int = 0                    # seeds the simulated network
     max_devices: int = 1024          # distinct X-Edgemeter-Device links kept
     session_idle_s: float = 600.0    # cloud-mode sessions closed after this much silence

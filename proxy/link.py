@@ -693,6 +693,14 @@ class Link:
                 radio.transfer(start, at, 0, nbytes, charge)
         return Delivery(at, split)
 
+    def instant(self, direction: str) -> bool:
+        """Whether a chunk crosses ``direction`` within microseconds with no radio to charge: a
+        fast wire's serialization only (the local preset), so a sender need not pace it."""
+        p = self.preset
+        down = direction == "down"
+        return (self._radio is None and not p.rtt_ms and not p.loss and p.link_model == "tcp"
+                and (p.trace_down if down else p.trace_up) is None and (p.down_mbps if down else p.up_mbps) >= 1000)
+
     def _connect_needed(self, t: float) -> bool:
         p = self.preset
         if not p.handshake_rtts or not p.rtt_ms or p.link_model != "tcp":

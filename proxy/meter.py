@@ -239,7 +239,7 @@ class RequestMeter:
 
     # --- the call's timeline, for python -m harness replay ---
     def tapped(self, source):
-        """Pass stream frames (bytes, tokens, produced at) through, keeping each one's time, size and tokens."""
+        """Pass stream frames (bytes, produced at, parts) through, keeping each one's time, size and tokens."""
         self.timeline = Timeline(stream=True)
         return _tap(source, self.timeline.frames)
 
@@ -272,7 +272,7 @@ class Timeline:
 async def _tap(source, frames: list):
     try:
         async for frame in source:
-            frames.append((frame[2], len(frame[0]), frame[1]))
+            frames.append((frame[1], len(frame[0]), sum(tokens for tokens, _ in frame[2])))
             yield frame
     finally:
         await source.aclose()

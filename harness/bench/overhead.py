@@ -16,12 +16,18 @@ their ratio; the proxy's CPU-seconds per 1,000 streamed tokens (/proc utime + st
 chunks per proxy CPU-second (what one core sustains); and measurement fidelity: the
 proxy's own TTFT (its ``edgemeter`` record) and ITL (its /metrics histogram) against the
 client's.
+
+``--peer nginx`` adds a third path in the same interleaved batches: a local nginx (one
+process, ``proxy_buffering off``, keep-alive to the upstream) in front of the same upstream,
+what a reverse proxy that only forwards bytes costs on this machine. Without nginx installed
+the run goes on without it and says so.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,6 +53,35 @@ TARGET_ADDED_SMALL_P50_MS = 0.3
 TARGET_ADDED_CHUNK_P99_MS = 1.0
 TARGET_THROUGHPUT_RATIO = 0.5
 TARGET_FIDELITY_MS = 1.0
+# Against the nginx peer in the same run (issue 22): added small-request p50 within this of nginx's.
+TARGET_PEER_SMALL_P50_MS = 0.3
+# nginx as a byte-forwarding reverse proxy: no response buffering (SSE goes out as it comes),
+# HTTP/1.1 keep-alive to the upstream (nginx docs, ngx_http_upstream_module "keepalive").
+NGINX_CONF = """daemon off;
+master_process off;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    upstream fast {{ server 127.0.0.1:{up_port}; keepalive {keepalive}; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://fast;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
 
 
 def cpu_s(pid: int) -> float:
@@ -106,13 +141,17 @@ class Path_:
 
 
 class Bench:
-    def __init__(self, args, upstream: subprocess.Popen, proxy: subprocess.Popen, up_url: str, proxy_url: str):
+    def __init__(self, args, upstream: subprocess.Popen, proxy: subprocess.Popen, up_url: str, proxy_url: str,
+                 nginx: subprocess.Popen | None = None, nginx_url: str | None = None):
         self.a = args
-        self.upstream, self.proxy = upstream, proxy
-        self.up_url, self.proxy_url = up_url, proxy_url
+        self.upstream, self.proxy, self.nginx = upstream, proxy, nginx
+        self.up_url, self.proxy_url, self.nginx_url = up_url, proxy_url, nginx_url
 
     async def batch(self, client: OpenAIClient, sc: Scenario, seconds: float, into: Path_ | None,
-                    headers: dict) -> None:
+                    headers: dict, middle: subprocess.Popen | None = None) -> None:
+        """``middle``: the process between client and upstream whose CPU the path books (the proxy's
+        by default, idle on the direct path)."""
+        middle = middle or self.proxy
         """One batch of ``seconds`` of requests. Unpaced scenarios keep ``concurrency`` requests in
         flight. Paced ones arrive at the constant rate that holds ``concurrency`` streams open, so
         starts are staggered as in steady serving; the first stream duration is ramp-up, and only
@@ -134,9 +173,9 @@ class Bench:
         def body(i: int) -> dict:
             return {"model": "fast", "messages": [{"role": "user", "content": "How fast is the proxy?"}],
                     "max_tokens": sc.tokens, "stream": sc.stream, "itl_ms": sc.itl_ms}
-        cpu0 = (cpu_s(self.proxy.pid), cpu_s(self.upstream.pid), time.process_time())
+        cpu0 = (cpu_s(middle.pid), cpu_s(self.upstream.pid), time.process_time())
         samples = await run(client, spec, body, limits, headers=headers, on_delta=on_delta if sc.stream else None)
-        cpu1 = (cpu_s(self.proxy.pid), cpu_s(self.upstream.pid), time.process_time())
+        cpu1 = (cpu_s(middle.pid), cpu_s(self.upstream.pid), time.process_time())
         if into is not None:
             into.wall += time.perf_counter() - t0
             into.wall_tokens += sum(s.output_tokens for s in samples if s.result.ok)
@@ -165,21 +204,28 @@ class Bench:
                     out[key] = out.get(key, 0.0) + s.value
         return out
 
-    async def scenario(self, direct: OpenAIClient, proxied: OpenAIClient, sc: Scenario) -> dict:
+    async def scenario(self, direct: OpenAIClient, proxied: OpenAIClient, sc: Scenario,
+                       peer: OpenAIClient | None = None) -> dict:
         a = self.a
-        paths = {"direct": Path_(), "proxy": Path_()}
-        clients = {"direct": (direct, {}), "proxy": (proxied, HEADERS)}
-        for name, (client, headers) in clients.items():  # warm-up: connections, caches, the JIT-less interpreter
-            await self.batch(client, sc, a.warmup_s, None, headers)
+        clients = {"direct": (direct, {}, None), "proxy": (proxied, HEADERS, None)}
+        if peer is not None:
+            clients["nginx"] = (peer, {}, self.nginx)
+        paths = {name: Path_() for name in clients}
+        for name, (client, headers, middle) in clients.items():  # warm-up: connections, caches, the interpreter
+            await self.batch(client, sc, a.warmup_s, None, headers, middle)
         hist0 = self.itl_histogram()
+        names = list(clients)
         for r in range(a.rounds):
-            order = ("direct", "proxy") if r % 2 == 0 else ("proxy", "direct")
+            order = names[r % len(names):] + names[:r % len(names)]  # each path leads in turn
             for name in order:
-                client, headers = clients[name]
-                await self.batch(client, sc, a.batch_s, paths[name], headers)
+                client, headers, middle = clients[name]
+                await self.batch(client, sc, a.batch_s, paths[name], headers, middle)
         hist1 = self.itl_histogram()
         itl_hist = {key: hist1.get(key, 0.0) - hist0.get(key, 0.0) for key in hist1}
-        return summarize(sc, paths["direct"], paths["proxy"], itl_hist)
+        out = summarize(sc, paths["direct"], paths["proxy"], itl_hist)
+        if "nginx" in paths:
+            out.update(peer_fields(sc, paths["direct"], paths["nginx"], "nginx"))
+        return out
 
 
 def summarize(sc: Scenario, d: Path_, p: Path_, itl_hist: dict[float, float]) -> dict:
@@ -208,17 +254,44 @@ def summarize(sc: Scenario, d: Path_, p: Path_, itl_hist: dict[float, float]) ->
     # What the paths would sustain if these processes had the machine to themselves: each
     # process's CPU per unit of work bounds it, one core per process, all cores in total.
     # Robust to other work on a shared machine, which the measured rates are not.
-    cores = os.cpu_count() or 1
     for path_name, path in (("direct", d), ("proxy", p)):
-        work = path.wall_tokens if sc.stream else len([s for s in path.every if s.result.ok])
-        per = [c / work for c in (path.client_cpu, path.upstream_cpu, path.proxy_cpu if path is p else 0.0)]
-        out[f"{path_name}_capacity"] = min(cores / sum(per), 1 / max(per)) if work and sum(per) else None
+        out[f"{path_name}_capacity"] = capacity(sc, path, path is p)
     out["capacity_ratio"] = (out["proxy_capacity"] / out["direct_capacity"]
                              if out["proxy_capacity"] and out["direct_capacity"] else None)
     for path_name, path in (("direct", d), ("proxy", p)):
         out[f"{path_name}_upstream_cpu_share"] = path.upstream_cpu / path.wall if path.wall else None
         out[f"{path_name}_client_cpu_share"] = path.client_cpu / path.wall if path.wall else None
     out.update(fidelity(p, itl_hist) if sc.stream else {})
+    return out
+
+
+def capacity(sc: Scenario, path: Path_, proxied: bool) -> float | None:
+    """The rate a path would sustain from its processes' CPU per unit of work alone: one core per
+    process, all cores in total (``proxied``: the process in the middle counts too)."""
+    work = path.wall_tokens if sc.stream else len([s for s in path.every if s.result.ok])
+    per = [c / work for c in (path.client_cpu, path.upstream_cpu, path.proxy_cpu if proxied else 0.0)] if work else []
+    return min((os.cpu_count() or 1) / sum(per), 1 / max(per)) if per and sum(per) else None
+
+
+def peer_fields(sc: Scenario, d: Path_, n: Path_, name: str) -> dict:
+    """A peer proxy's figures beside the direct path's, under ``name``_ keys, as summarize's."""
+    out = {}
+    rate = "chunks" if sc.stream else "req"
+    for path_name, path in (("direct", d), (name, n)):
+        out[f"{path_name}_rate"] = ((path.tokens() if sc.stream else len(path.ok())) / path.seconds
+                                    if path.seconds else None)
+    out[f"{name}_failed"] = len(n.samples) - len(n.ok())
+    out[f"{name}_{rate}_per_s"] = out.pop(f"{name}_rate")
+    direct_rate = out.pop("direct_rate")
+    out[f"{name}_throughput_ratio"] = out[f"{name}_{rate}_per_s"] / direct_rate if direct_rate else None
+    for what in ("ttft", "e2e", "chunk"):
+        for q in (50, 99):
+            dv, nv = d.pct(what, q), n.pct(what, q)
+            out[f"{name}_{what}_p{q}_ms"] = _ms(nv)
+            out[f"{name}_added_{what}_p{q}_ms"] = None if dv is None or nv is None else (nv - dv) * 1000
+    out[f"chunks_per_{name}_cpu_s"] = n.wall_tokens / n.proxy_cpu if sc.stream and n.proxy_cpu else None
+    peer, direct = capacity(sc, n, True), capacity(sc, d, False)
+    out[f"{name}_capacity_ratio"] = peer / direct if peer and direct else None
     return out
 
 
@@ -296,6 +369,21 @@ def report(rows: list[dict], info: dict) -> str:
                   "", "TTFT and TPOT per request: the proxy's record against the client's view of the same "
                   "request. ITL CDF max miss: over histogram bounds holding 5-95 % of the gaps, how far the "
                   "client's quantile at the proxy's share sits from the bound."]
+    if any("nginx_throughput_ratio" in r for r in rows):
+        lines += ["", "## Beside nginx (same run, same upstream; ms)", "",
+                  table(["scenario", "Edgemeter added E2E p50", "nginx added E2E p50", "Edgemeter chunk p99",
+                         "nginx chunk p99", "Edgemeter/direct", "nginx/direct", "CPU-bound Edgemeter/direct",
+                         "CPU-bound nginx/direct", "chunks per Edgemeter CPU-s",
+                         "chunks per nginx CPU-s"],
+                        [[r["scenario"] + f" c={r['concurrency']}", r["added_e2e_p50_ms"], r["nginx_added_e2e_p50_ms"],
+                          r["proxy_chunk_p99_ms"], r["nginx_chunk_p99_ms"], r["throughput_ratio"],
+                          r["nginx_throughput_ratio"], r["capacity_ratio"], r["nginx_capacity_ratio"],
+                          r["chunks_per_proxy_cpu_s"], r["chunks_per_nginx_cpu_s"]]
+                         for r in rows if "nginx_throughput_ratio" in r]),
+                  "", "Throughput: streamed chunks per second for streams, requests per second otherwise, "
+                  "each over the direct path's in the same batches."]
+    elif info.get("peer_missing"):
+        lines += ["", f"Peer: {info['peer_missing']}"]
     lines += ["", "## Targets", ""] + [f"- {t}" for t in targets(rows)]
     return "\n".join(lines) + "\n"
 
@@ -319,6 +407,19 @@ def targets(rows: list[dict]) -> list[str]:
         v = r["throughput_ratio"]
         out.append(f"streamed chunk throughput at c=64, proxy/direct: {v:.2f} "
                    f"(target >= {TARGET_THROUGHPUT_RATIO}): {verdict(v >= TARGET_THROUGHPUT_RATIO)}")
+    if (r := find("small", 1)) and r.get("nginx_added_e2e_p50_ms") is not None:
+        v, peer = r["added_e2e_p50_ms"], r["nginx_added_e2e_p50_ms"]
+        out.append(f"added p50, small non-streamed request, c=1: Edgemeter {v:.3f} ms, nginx {peer:.3f} ms, "
+                   f"difference {v - peer:.3f} ms (target <= {TARGET_PEER_SMALL_P50_MS}): "
+                   f"{verdict(v - peer <= TARGET_PEER_SMALL_P50_MS)}")
+    if (r := find("stream", 64)) and r.get("nginx_throughput_ratio") is not None:
+        v, peer = r["throughput_ratio"], r["nginx_throughput_ratio"]
+        out.append(f"streamed chunk throughput at c=64 over direct: Edgemeter {v:.2f}, nginx {peer:.2f} "
+                   f"(target: Edgemeter >= nginx): {verdict(v >= peer)}; CPU-bound, which load on the machine "
+                   f"moves less: Edgemeter {r['capacity_ratio']:.2f}, nginx {r['nginx_capacity_ratio']:.2f}")
+    if (r := find("paced", 256)) and r.get("nginx_chunk_p99_ms") is not None:
+        out.append(f"per-chunk p99, 256 paced streams: Edgemeter {r['proxy_chunk_p99_ms']:.3f} ms, nginx "
+                   f"{r['nginx_chunk_p99_ms']:.3f} ms, direct {r['direct_chunk_p99_ms']:.3f} ms (reported)")
     for r in rows:
         if r["scenario"] == "paced":
             t, m = r["ttft_client_minus_proxy_p99_ms"], r["tpot_abs_diff_p99_ms"]
@@ -343,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gap between tokens of a paced stream (50 ms: 20 tokens/s, a busy server)")
     p.add_argument("--proxy-env", action="append", default=[], metavar="NAME=VALUE",
                    help="environment for the proxy process (repeatable)")
+    p.add_argument("--peer", choices=["nginx"], help="also measure this reverse proxy in the same run")
     p.add_argument("--out", help="directory for overhead.json and overhead.md")
     return p
 
@@ -350,12 +452,29 @@ def build_parser() -> argparse.ArgumentParser:
 async def _run(a, bench: Bench, scenarios: list[Scenario]) -> list[dict]:
     conns = max(s.concurrency for s in scenarios) + 8
     async with OpenAIClient(bench.up_url, max_connections=conns) as direct, \
-            OpenAIClient(bench.proxy_url, max_connections=conns) as proxied:
+            OpenAIClient(bench.proxy_url, max_connections=conns) as proxied, \
+            OpenAIClient(bench.nginx_url or bench.up_url, max_connections=conns) as peer:
         rows = []
         for sc in scenarios:
             print(f"-- {sc.label} ...", file=sys.stderr, flush=True)
-            rows.append(await bench.scenario(direct, proxied, sc))
+            rows.append(await bench.scenario(direct, proxied, sc, peer if bench.nginx else None))
         return rows
+
+
+def start_nginx(tmp: Path, up_port: int, keepalive: int) -> tuple[subprocess.Popen | None, str | None, str | None]:
+    """nginx on a free port in front of the upstream, as the current user, its config and temp
+    paths in ``tmp``; (process, base URL, None), or (None, None, why not) when not installed."""
+    binary = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
+    if binary is None:
+        return None, None, "nginx is not installed (Debian: apt-get install nginx); measured without it"
+    port = free_port()
+    conf = tmp / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(tmp=tmp, up_port=up_port, port=port, keepalive=keepalive))
+    url = f"http://127.0.0.1:{port}/v1"
+    # -e: the error log before the config is read (the packaged default path needs root)
+    proc = start([binary, "-c", str(conf), "-p", str(tmp), "-e", str(tmp / "nginx-error.log")],
+                 tmp / "nginx.log", f"{url}/models")
+    return proc, url, None
 
 
 def main(argv: list[str]) -> int:
@@ -386,17 +505,24 @@ def main(argv: list[str]) -> int:
         try:
             proxy = start([sys.executable, "-m", "proxy", "--config", str(cfg), "--log-level", "WARNING"],
                           tmp / "proxy.log", f"http://127.0.0.1:{proxy_port}/readyz", env)
+            nginx, nginx_url, peer_missing = (start_nginx(tmp, up_port, max(levels) * 2) if a.peer
+                                              else (None, None, None))
+            if peer_missing:
+                print(f"overhead: {peer_missing}", file=sys.stderr)
             try:
-                rows = run_uvloop(_run(a, Bench(a, upstream, proxy, up_url, proxy_url), scenarios))
+                rows = run_uvloop(_run(a, Bench(a, upstream, proxy, up_url, proxy_url, nginx, nginx_url), scenarios))
             finally:
-                proxy.terminate()
-                proxy.wait(10)
+                for proc in (proxy, nginx):
+                    if proc is not None:
+                        proc.terminate()
+                        proc.wait(10)
         finally:
             upstream.terminate()
             upstream.wait(10)
     info = {"created": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": machine(),
             "loadavg": {"before": load_before[0], "after": os.getloadavg()[0]},
-            "command": " ".join(["python -m harness bench overhead", *argv])}
+            "command": " ".join(["python -m harness bench overhead", *argv]),
+            "cores": os.cpu_count(), "peer_missing": peer_missing}
     text = report(rows, info)
     print(text)
     if a.out:

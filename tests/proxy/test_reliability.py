@@ -372,10 +372,11 @@ async def test_a_client_leaving_while_the_link_pump_reads_the_upstream(upstream,
     must be stopped before the backend stream is closed (closing a generator another task is
     running raises), and the request booked as a disconnect."""
     client = await proxy_client(models(upstream, fake, read_timeout=10.0), server={"max_stream_buffer": 100000})
+    lan = {**HYBRID, "X-Edgemeter-Network": "lan"}  # a downlink with delay: frames wait in the pump's queue
     before = await metric(client, "edgemeter_request_errors_total", model="burst_then_stall",
                           cause="client_disconnected")
     reader, writer = await raw(client, request_bytes({"model": "burst_then_stall", "messages": MSG, "stream": True},
-                                                     HYBRID))
+                                                     lan))
     await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     await asyncio.wait_for(upstream.stalling.wait(), 10)
     await asyncio.sleep(0.2)  # the pump has taken everything the upstream sent and waits for more
