@@ -133,6 +133,8 @@ class Backend:
     kind: str = "base"
     #: True when the engine runs inside this process (its compute energy is the device's).
     in_process: bool = False
+    #: True when ``generate(req, relay=True)`` can hand over the engine's own SSE frames.
+    relays: bool = False
 
     def __init__(self, name: str):
         self.name = name

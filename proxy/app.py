@@ -206,7 +206,7 @@ def relays(request: web.Request, route: Route, stream: bool) -> bool:
     the backend can relay, the downlink has no delay to simulate frame by frame and no trace
     wants each frame's own timing."""
     server = request.app[CONFIG].server
-    return (stream and getattr(route.backend, "relays", False) and server.passthrough and not server.record_traces
+    return (stream and route.backend.relays and server.passthrough and not server.record_traces
             and (route.down is None or route.down.link.instant("down")))
 
 
