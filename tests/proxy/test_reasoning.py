@@ -195,10 +195,10 @@ def test_chat_template_kwargs_reach_the_template():
         def tokenize(self, text, add_bos, special):
             Tokens.rendered = text.decode()
             return [0]
-    backend._prompt_tokens(Tokens(), GenRequest("chat", "m", {"messages": MSG,
-                                                             "chat_template_kwargs": {"enable_thinking": False}}))
+    backend.tokenizer = type("Vocab", (), {"llm": Tokens()})()
+    backend._prompt_tokens(GenRequest("chat", "m", {"messages": MSG, "chat_template_kwargs": {"enable_thinking": False}}))
     assert Tokens.rendered == "2+2?<think>\n\n</think>\n\n"
-    backend._prompt_tokens(Tokens(), GenRequest("chat", "m", {"messages": MSG}))
+    backend._prompt_tokens(GenRequest("chat", "m", {"messages": MSG}))
     assert Tokens.rendered == "2+2?"
     with pytest.raises(ValueError, match="reasoning_parser"):
         LlamaBackend("m", {"source": "unused.gguf", "reasoning_parser": "r1"})
