@@ -164,9 +164,8 @@ class LlamaBackend(Backend):
 
     # --- generation ---
     def _prompt_tokens(self, req: GenRequest, plan: tools.ToolPlan | None = None) -> tuple[list[int], list[str]]:
-        llm = self.tokenizer.llm
         if req.kind == "completion":
-            return llm.tokenize(req.body["prompt"].encode(), add_bos=True, special=False), []
+            return self.tokenizer.llm.tokenize(req.body["prompt"].encode(), add_bos=True, special=False), []
         messages = _text_messages(req.body["messages"])
         extra = dict(req.body.get("chat_template_kwargs") or {})  # e.g. enable_thinking, for the template
         if plan is not None and self.template_tools:
@@ -180,7 +179,8 @@ class LlamaBackend(Backend):
                                cause="invalid_messages", type="invalid_request_error", param="messages",
                                code="invalid_messages") from None
         stops = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
-        return llm.tokenize(rendered.prompt.encode(), add_bos=not rendered.added_special, special=True), stops
+        return (self.tokenizer.llm.tokenize(rendered.prompt.encode(), add_bos=not rendered.added_special, special=True),
+                stops)
 
     @staticmethod
     def _grammar(plan: tools.ToolPlan | None):

@@ -816,5 +816,5 @@ def test_llama_backend_template_refusal_is_a_400():
         raise jinja2.TemplateError("Conversation roles must alternate user/assistant/user/assistant")
     backend.formatter = refuse
     with pytest.raises(BackendError) as e:
-        backend._prompt_tokens(None, GenRequest("chat", "m", {"messages": MSG}))
+        backend._prompt_tokens(GenRequest("chat", "m", {"messages": MSG}))
     assert e.value.status == 400 and "alternate" in e.value.message and e.value.code == "invalid_messages"
