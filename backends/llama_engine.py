@@ -190,8 +190,18 @@ class BatchEngine:
             b.token[n], b.pos[n], b.seq_id[n][0], b.n_seq_id[n], b.logits[n] = tok, pos, seq, 1, logits
             n += 1
 
+        # The step's budget: a token for every decoder first, then prefill, oldest request first.
+        room = self.n_batch - sum(not job.pending for job in self.jobs)
+        take: dict[Job, int] = {}
+        for job in self.jobs:
+            if job.pending and room > 0:
+                take[job] = min(room, len(job.pending))
+                room -= take[job]
+        # Laid out by sequence id: llama.cpp splits a batch whose sequences come out of order
+        # into more micro-batches; eight decoders in descending order ran at 89 tok/s here,
+        # ascending at 189.
         share: list[tuple[Job, int]] = []
-        for job in self.jobs:  # decoders first: one token each
+        for job in sorted(self.jobs, key=lambda j: j.seq):
             job.out = -1
             if not job.pending:
                 job.out = n
@@ -199,9 +209,8 @@ class BatchEngine:
                 job.fed.append(job.last)
                 job.pos += 1
                 share.append((job, 1))
-        for job in self.jobs:  # then prefill chunks, oldest request first
-            if job.pending and n < self.n_batch:
-                chunk = job.pending[:self.n_batch - n]
+            elif job in take:
+                chunk = job.pending[:take[job]]
                 del job.pending[:len(chunk)]
                 for i, tok in enumerate(chunk):
                     put(tok, job.pos + i, job.seq, not job.pending and i == len(chunk) - 1)
