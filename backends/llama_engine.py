@@ -23,8 +23,8 @@ from __future__ import annotations
 import ctypes
 import queue
 import threading
-import time
 from dataclasses import dataclass, field
+from time import process_time
 from typing import Callable
 
 import llama_cpp
@@ -221,7 +221,7 @@ class BatchEngine:
         if n == 0:
             return
         b.n_tokens = n
-        cpu0 = time.process_time()
+        cpu0 = process_time()
         rc = llama_cpp.llama_decode(self.ctx.ctx, b)
         if rc != 0:
             err = RuntimeError(f"llama_decode returned {rc}")
@@ -244,7 +244,7 @@ class BatchEngine:
                 done.append((job, "length"))
             else:
                 job.last = tok
-        cpu = time.process_time() - cpu0
+        cpu = process_time() - cpu0
         for job, tokens in share:
             job.cpu_s += cpu * tokens / n
         for job, reason in done:

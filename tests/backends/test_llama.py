@@ -23,16 +23,32 @@ async def backend():
     await b.close()
 
 
+class FakeCPU:
+    """process_time that advances 1 s per reading: a step reads it before and after its decode,
+    so every step costs exactly 1 s."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
 async def collect(b, body, kind="chat"):
     return [ev async for ev in b.generate(GenRequest(kind, "smollm2", body))]
 
 
-async def test_events_usage_matches_tokenizer(backend):
+async def test_events_usage_matches_tokenizer(backend, monkeypatch):
+    monkeypatch.setattr("backends.llama_engine.process_time", FakeCPU())
+    steps0 = backend.engine.steps
     evs = await collect(backend, {"messages": MSG, "temperature": 0, "max_tokens": 12})
     assert isinstance(evs[0], Scheduled)
     assert isinstance(evs[-2], Finish) and evs[-2].reason == "length"
     usage = evs[-1]
-    assert isinstance(usage, Usage) and usage.completion_tokens == 12 and usage.cpu_s > 0
+    assert isinstance(usage, Usage) and usage.completion_tokens == 12
+    # alone in the engine, the request is charged every step's CPU time: 1 s a step on the fake clock
+    assert usage.cpu_s == pytest.approx(backend.engine.steps - steps0)
     deltas = [e for e in evs if isinstance(e, TextDelta)]
     assert sum(d.tokens for d in deltas) == 12
     times = [e.t for e in evs]
@@ -113,16 +129,23 @@ async def post(client, body, headers=None):
                              headers={"Content-Type": "application/json", **(headers or {})})
 
 
-async def test_streamed_equals_non_streamed_at_temperature_0(proxy):
+async def test_streamed_equals_non_streamed_at_temperature_0(proxy, monkeypatch):
+    from proxy.app import ENERGY, ROUTER
     body = {"messages": MSG, "temperature": 0, "max_tokens": 30}
     full = await (await post(proxy, body)).json()
+    engine = proxy.server.app[ROUTER].models["smollm2"]["device"].backend.engine
+    monkeypatch.setattr("backends.llama_engine.process_time", FakeCPU())
+    steps0 = engine.steps
     raw = await (await post(proxy, {**body, "stream": True, "stream_options": {"include_usage": True}})).read()
     chunks = [orjson.loads(b[6:]) for b in raw.split(b"\n\n") if b.startswith(b"data: {")]
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
     assert text == full["choices"][0]["message"]["content"]
     assert chunks[-1]["usage"] == full["usage"]
     rec = chunks[-1]["edgemeter"]
-    assert rec["backend"] == "llama.cpp" and rec["compute_j"] > 0 and rec["compute_energy_method"]
+    # the fake clock's 1 s a step, priced by the host's CPU-time estimate
+    assert rec["backend"] == "llama.cpp" and rec["compute_energy_method"] == "estimate"
+    assert rec["cpu_s"] == pytest.approx(engine.steps - steps0)
+    assert rec["compute_j"] == pytest.approx(rec["cpu_s"] * proxy.server.app[ENERGY].watts_per_core)
     assert rec["energy_per_token_j"] == pytest.approx(rec["compute_j"] / rec["completion_tokens"])
 
 

