@@ -22,6 +22,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
+from harness.common.procs import stop
 from tests.conftest import free_port, require
 
 _found: list[str | None] = []
@@ -104,12 +105,7 @@ class Prometheus:
         if self.session is not None:
             await self.session.close()
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop(self.proc)
 
     async def _wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

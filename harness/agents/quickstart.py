@@ -29,7 +29,7 @@ from backends.sources import resolve_model
 from harness import data
 from harness.agents import report
 from harness.agents import run
-from harness.common.procs import free_port, start_llama_server, wait_http
+from harness.common.procs import free_port, start_llama_server, stop, wait_http
 
 # local mode needs no network; hybrid and cloud are shown over Wi-Fi and 4G.
 SWEEP = {"runs": [{"mode": "local", "network": "local"}, {"mode": "hybrid", "network": "wifi"},
@@ -92,8 +92,7 @@ def main(argv: list[str]) -> int:
     finally:
         for proc in (proxy, cloud):
             if proc is not None:
-                proc.terminate()
-                proc.wait(15)
+                stop(proc, 15)
         log.close()
         cloud_log.close()
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.bench.overhead import start
-from harness.common.procs import free_port
+from harness.common.procs import free_port, stop
 
 
 def counters(root: str, network: str) -> tuple[float, float]:
@@ -89,8 +89,7 @@ def main(argv: list[str]) -> int:
             rows = [session(root, args.model, n, args.calls, args.gap_s, args.max_tokens)
                     for n in args.networks.split(",")]
         finally:
-            proc.terminate()
-            proc.wait(10)
+            stop(proc)
     print("| network | calls | tokens | provisional sum J | session (settled) J | /metrics non-idle J "
           "| request counter J | settled / spent | end waited s |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -39,7 +39,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.common.client import OpenAIClient
-from harness.common.procs import free_port, run_uvloop, wait_http
+from harness.common.procs import free_port, run_uvloop, stop, wait_http
 from harness.common.stats import percentile
 from harness.load.generator import Limits, Sample, machine, run
 from harness.load.outputs.console import table
@@ -96,8 +96,7 @@ def start(cmd: list[str], log: Path, ready_url: str, env: dict | None = None, ti
     try:
         wait_http(ready_url, proc, timeout)
     except (RuntimeError, TimeoutError):
-        proc.terminate()
-        proc.wait(10)
+        stop(proc)
         raise
     return proc
 
@@ -514,11 +513,9 @@ def main(argv: list[str]) -> int:
             finally:
                 for proc in (proxy, nginx):
                     if proc is not None:
-                        proc.terminate()
-                        proc.wait(10)
+                        stop(proc)
         finally:
-            upstream.terminate()
-            upstream.wait(10)
+            stop(upstream)
     info = {"created": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": machine(),
             "loadavg": {"before": load_before[0], "after": os.getloadavg()[0]},
             "command": " ".join(["python -m harness bench overhead", *argv]),

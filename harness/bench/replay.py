@@ -39,7 +39,7 @@ from harness.common import datasets
 from harness.replay import replay
 from harness.agents import run
 from harness.replay import trace as tr
-from harness.common.procs import free_port, wait_http
+from harness.common.procs import free_port, stop, wait_http
 from harness.agents.results import read_rows
 from harness.common.stats import percentile
 
@@ -74,8 +74,7 @@ def proxy(cfg: dict, out: Path):
                    "max_tokens": 8}, {"X-Edgemeter-Mode": "local", "X-Edgemeter-Device": "warm-up"})
             yield f"http://127.0.0.1:{port}/v1"
         finally:
-            proc.terminate()
-            proc.wait(15)
+            stop(proc, 15)
 
 
 def live_runs(cfg: dict, task_ids: list[str], out: Path, run_args: list[str]) -> dict[str, float]:

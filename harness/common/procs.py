@@ -43,10 +43,19 @@ def start_llama_server(model: str, alias: str, log, n_ctx: int = 2048) -> tuple[
     try:
         wait_http(f"http://127.0.0.1:{port}/v1/models", proc, timeout=120)
     except BaseException:
-        proc.terminate()
-        proc.wait(10)
+        stop(proc)
         raise
     return proc, f"http://127.0.0.1:{port}/v1"
+
+
+def stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Ask a child to end (SIGTERM), and kill it if it has not within ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def served_requests(log_path, path: str = "/v1/chat/completions") -> int:
@@ -108,9 +117,4 @@ class StartedProxy:
 
     def close(self) -> None:
         self._stop.set()
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop(self.proc, 15)

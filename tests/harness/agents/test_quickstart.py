@@ -11,6 +11,7 @@ import yaml
 
 from harness.agents.quickstart import SWEEP, with_cloud_process
 from harness.agents.results import read_rows
+from harness.common.procs import stop
 from proxy.config import load
 from proxy.profiles import PROFILES
 from tests.conftest import ROOT
@@ -33,8 +34,7 @@ def test_embedded_model_gets_a_cloud_process_without_touching_the_config(tmp_pat
             with urllib.request.urlopen(cloud["base_url"] + "/models", timeout=10) as r:
                 assert [m["id"] for m in json.load(r)["data"]] == ["smollm2"]  # a real server, answering
         finally:
-            proc.terminate()
-            proc.wait(10)
+            stop(proc)
         # already split: run as configured, no second process
         assert with_cloud_process(path, run_dir, log) == (path, None)
 

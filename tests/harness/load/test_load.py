@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from harness.common.client import CallResult, OpenAIClient
+from harness.common.procs import stop
 from harness.load.generator import Prompts, Sample, describe, parse_goodput, parse_warmup, probe_extras, summarize
 from harness.load.profiles import PROFILES, Spec, arrivals, profile
 from tests.conftest import ROOT, free_port, wait_http
@@ -189,8 +190,7 @@ def servers(tmp_path_factory):
         yield f"http://127.0.0.1:{up_port}/v1", f"http://127.0.0.1:{proxy_port}/v1"
     finally:
         for p in procs:
-            p.terminate()
-            p.wait(10)
+            stop(p)
 
 
 def harness(*args) -> str:
