@@ -19,6 +19,7 @@ from typing import AsyncIterator
 from backends import reasoning, tools
 from backends.base import (Backend, BackendError, Event, Finish, GenRequest, Scheduled, TextDelta, Usage, check_settings,
                            drain)
+from backends.llama_engine import BatchEngine, Job, Sampling
 from backends.sources import resolve_model
 from backends.text import StopFilter, parsed
 
@@ -135,7 +136,6 @@ class LlamaBackend(Backend):
 
     # --- lifecycle ---
     async def start(self) -> None:
-        from backends.llama_engine import BatchEngine
         # The vocabulary first: loading it with verbose=False also quiets llama.cpp's log.
         self.tokenizer = await asyncio.to_thread(GGUFTokenizer, self.source, self.chat_format)
         self.formatter = self.tokenizer.formatter
@@ -195,7 +195,6 @@ class LlamaBackend(Backend):
             raise tools.schema_error(e) from None
 
     def _sampling(self, body: dict, grammar):
-        from backends.llama_engine import Sampling
         seed = body.get("seed")
         return Sampling(temperature=float(body.get("temperature", 1.0)), top_p=float(body.get("top_p", 1.0)),
                         seed=random.getrandbits(32) if seed is None else int(seed) & 0xFFFFFFFF,
@@ -226,7 +225,6 @@ class LlamaBackend(Backend):
         self.admit.release()
 
     async def generate(self, req: GenRequest) -> AsyncIterator[Event]:
-        from backends.llama_engine import Job
         plan = tools.ToolPlan.from_body(req.body) if req.kind == "chat" else None
         tokens, template_stops = self._prompt_tokens(req, plan)
         budget = self.n_ctx - len(tokens)
