@@ -1,5 +1,6 @@
 """The agent loop and runner against a scripted OpenAI-compatible server (deterministic replies),
 checking the protocols, the Edgemeter headers, session ends and the records kept."""
+import asyncio
 import json
 import re
 from dataclasses import replace
@@ -25,7 +26,8 @@ class ScriptedServer:
 
     A reply may also carry ``reasoning`` (sent as ``reasoning_content`` deltas before the answer),
     ``reasoning_tokens`` (in ``usage.completion_tokens_details``), ``record_reasoning_tokens`` (in
-    the ``edgemeter`` record instead) and ``finish_reason``."""
+    the ``edgemeter`` record instead), ``finish_reason`` and ``first_delay_s`` (a wait before
+    the first chunk: a TTFT the client must measure)."""
 
     def __init__(self, script):
         self.script = list(script)
@@ -62,6 +64,7 @@ class ScriptedServer:
                                       "usage": usage, "edgemeter": record})
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
+        await asyncio.sleep(reply.get("first_delay_s", 0))
         for delta in chunks:
             await resp.write(b"data: " + json.dumps({"choices": [{"index": 0, "delta": delta}]}).encode() + b"\n\n")
         await resp.write(b"data: " + json.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
@@ -114,7 +117,7 @@ def test_text_protocol_parsing():
 
 
 async def test_text_protocol_runs_code_and_stops_at_the_final_answer(aiohttp_server, sandbox, tmp_path):
-    s, url = await serve(aiohttp_server, [{"content": "Compute:\n```python\n17 * 23\n```"},
+    s, url = await serve(aiohttp_server, [{"content": "Compute:\n```python\n17 * 23\n```", "first_delay_s": 0.1},
                                           {"content": "FINAL ANSWER: 391"}])
     async with OpenAIClient(url) as client:
         out = await agent.solve(client, Toolbox(sandbox, Workspace(tmp_path)), MATH,
@@ -125,8 +128,9 @@ async def test_text_protocol_runs_code_and_stops_at_the_final_answer(aiohttp_ser
     assert s.requests[0]["headers"]["X-Edgemeter-Mode"] == "local"
     assert s.requests[0]["body"]["stream_options"] == {"include_usage": True}
     call = out.llm_calls[0]
-    # the client's own clock on a script without delays: only the order of its times is knowable
-    assert call["ttft_s"] > 0 and call["e2e_s"] >= call["ttft_s"] and call["completion_tokens"] == 4
+    # the script waits 0.1 s before its first chunk; the client's clock adds loopback and a loaded
+    # 2-core machine's scheduling, allowed 0.1 s
+    assert 0.1 <= call["ttft_s"] < 0.2 and call["e2e_s"] >= call["ttft_s"] and call["completion_tokens"] == 4
     assert call["edgemeter"]["radio_j"] == 0.5
     assert grade(MATH, out.answer, None).passed
 
