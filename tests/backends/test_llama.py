@@ -82,20 +82,31 @@ def submitted_jobs(backend, monkeypatch) -> list:
     return jobs
 
 
-async def test_cancellation_frees_the_slot_within_tokens(backend, monkeypatch):
-    body = {"messages": MSG, "temperature": 0, "max_tokens": 500}
-    jobs = submitted_jobs(backend, monkeypatch)
-    gen = backend.generate(GenRequest("chat", "smollm2", body))
+async def leave_after(backend, req: GenRequest, deltas: int) -> int:
+    """A client that reads ``deltas`` text deltas and leaves; the deltas it read."""
+    gen = backend.generate(req)
     n = 0
     async for ev in gen:
         n += isinstance(ev, TextDelta)
-        if n == 3:
+        if n == deltas:
             break
     await gen.aclose()
-    for _ in range(600):  # the engine returns the slot once it has stopped
+    return n
+
+
+async def until_idle(backend, seconds: float = 30.0) -> None:
+    """Wait for the engine to return every slot (it does once the sequences have stopped)."""
+    for _ in range(int(seconds / 0.05)):
         if backend.active == 0:
-            break
+            return
         await asyncio.sleep(0.05)
+
+
+async def test_cancellation_frees_the_slot_within_tokens(backend, monkeypatch):
+    body = {"messages": MSG, "temperature": 0, "max_tokens": 500}
+    jobs = submitted_jobs(backend, monkeypatch)
+    await leave_after(backend, GenRequest("chat", "smollm2", body), 3)
+    await until_idle(backend)
     assert backend.active == 0 and backend.engine.kv_cells(jobs[0].seq) == 0  # its KV cells are freed
     # stopped within a step or two of the third token (the consumer's close races one step), not after 500
     assert 3 <= jobs[0].produced <= 5
@@ -175,10 +186,7 @@ async def test_client_disconnect_cancels_generation(proxy):
                                      "temperature": 0}) as r:
             await r.content.readline()
     backend = proxy.server.app[__import__("proxy.app", fromlist=["ROUTER"]).ROUTER].models["smollm2"]["device"].backend
-    for _ in range(100):
-        if backend.active == 0:
-            break
-        await asyncio.sleep(0.05)
+    await until_idle(backend, 5.0)
     assert backend.active == 0 and backend.engine.kv_cells(0) == 0
     assert REGISTRY.get_sample_value("edgemeter_requests_total", left) == left_before + 1
 

@@ -20,7 +20,7 @@ from backends import GenRequest, create
 from backends.base import Finish, TextDelta, ToolCallDelta, Usage
 from backends.llama_engine import BatchEngine, Job, Sampling
 from backends.sources import resolve_model
-from tests.backends.test_llama import FakeCPU, submitted_jobs
+from tests.backends.test_llama import FakeCPU, leave_after, submitted_jobs, until_idle
 from tests.conftest import local_model
 
 SLOTS = 8
@@ -70,17 +70,8 @@ async def test_each_request_keeps_its_budget_stop_and_cancel(backend):
     stop = free_text[len(free_text) // 2:][:3]  # a string the free run is known to contain
     reqs = [chat(PROMPTS[i], max_tokens=3 + i) for i in range(6)] + [chat(PROMPTS[7], max_tokens=40, stop=[stop])]
 
-    async def leaves_after_two() -> int:
-        gen = backend.generate(chat(PROMPTS[6], max_tokens=400))
-        n = 0
-        async for ev in gen:
-            n += isinstance(ev, TextDelta)
-            if n == 2:
-                break
-        await gen.aclose()
-        return n
-
-    *done, left = await asyncio.gather(*(run(backend, r) for r in reqs), leaves_after_two())
+    *done, left = await asyncio.gather(*(run(backend, r) for r in reqs),
+                                       leave_after(backend, chat(PROMPTS[6], max_tokens=400), 2))
     for i, evs in enumerate(done[:6]):
         assert [e.reason for e in evs if isinstance(e, Finish)] == ["length"]
         assert evs[-1].completion_tokens == 3 + i == sum(e.tokens for e in evs if isinstance(e, TextDelta))
@@ -88,10 +79,7 @@ async def test_each_request_keeps_its_budget_stop_and_cancel(backend):
     assert text(stopped) == free_text[:free_text.index(stop)]
     assert [e.reason for e in stopped if isinstance(e, Finish)] == ["stop"]
     assert left == 2
-    for _ in range(200):
-        if backend.active == 0:
-            break
-        await asyncio.sleep(0.05)
+    await until_idle(backend)
     assert backend.active == 0 and sorted(backend.free) == list(range(SLOTS))
     assert [backend.engine.kv_cells(seq) for seq in range(SLOTS)] == [0] * SLOTS  # every cell freed
 
@@ -99,11 +87,7 @@ async def test_each_request_keeps_its_budget_stop_and_cancel(backend):
 async def test_a_leaving_client_frees_its_cells_while_others_decode(backend, monkeypatch):
     jobs = submitted_jobs(backend, monkeypatch)
     stays = asyncio.create_task(run(backend, chat("Write a long story about a dragon.", max_tokens=60)))
-    gen = backend.generate(chat(PROMPTS[1], max_tokens=400))
-    async for ev in gen:
-        if isinstance(ev, TextDelta):
-            break
-    await gen.aclose()
+    await leave_after(backend, chat(PROMPTS[1], max_tokens=400), 1)
     leaving = next(j for j in jobs if j.max_tokens == 400)
     for _ in range(200):
         if backend.engine.kv_cells(leaving.seq) == 0:
